@@ -1,0 +1,39 @@
+"""Search algorithms behind one ask/tell interface (see controllers.base)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from controllers.base import AskTell, Controller, search
+from oneshot.errors import UserError
+from spaces.core import Space
+
+
+def registry() -> dict[str, type[Controller]]:
+  """Name -> controller class. Imported lazily so `import controllers` stays cheap."""
+  # pylint: disable=import-outside-toplevel
+  from controllers.random import RandomController
+  from controllers.tunas import TunasController
+  found: dict[str, type[Controller]] = {"random": RandomController, "tunas": TunasController}
+  try:
+    from controllers.enas import EnasController
+    found["enas"] = EnasController
+  except ImportError:
+    pass
+  try:
+    from controllers.evolution import EvolutionController
+    found["evolution"] = EvolutionController
+  except ImportError:
+    pass
+  return found
+
+
+def build(name: str, space: Space, config: Mapping[str, Any] | None = None) -> Controller:
+  classes = registry()
+  if name not in classes:
+    raise UserError(f"unknown controller {name!r}; set --config.controller.name to one of "
+                    f"{sorted(classes)}")
+  return classes[name](space, config)
+
+
+__all__ = ["AskTell", "Controller", "build", "registry", "search"]
