@@ -28,8 +28,14 @@ def build(config: Mapping[str, Any]) -> Space:
         decisions.append(Decision(f"block{i}/skip", (False, True)))
       blocks.append(dict(stage=s, filters=filters, stride=stride if b == 0 else 1,
                          droppable=droppable))
-  skeleton = dict(stem_filters=int(config["stem_filters"]), stages=stages, blocks=blocks,
+  skeleton = dict(stem_filters=int(config["stem_filters"]), stem_stride=int(config.get("stem_stride", 1)),
+                  head_filters=int(config.get("head_filters", 0)), stages=stages, blocks=blocks,
                   kernel_sizes=tuple(config["kernel_sizes"]),
                   expansion_ratios=tuple(config["expansion_ratios"]),
                   width_multipliers=tuple(config["width_multipliers"]))
   return Space("mobilenet", tuple(decisions), skeleton)
+
+
+def stage_channels(filters: int, multiplier: float) -> int:
+  """Active filters of a stage at a width multiplier: the prefix kept by the TuNAS-style mask."""
+  return max(1, int(round(filters * float(multiplier))))
