@@ -1,0 +1,392 @@
+"""Image classification data from TFDS, read by random access so the batch order is a pure function.
+
+Every dataset is read through `builder.as_data_source()` (array_record files), which needs no TensorFlow.
+`Dataset.batch(split, step, ...)` computes global batch `step` of an endless stream whose epochs are
+hash-based permutations of (seed, split, epoch): resuming from a checkpoint at step k reproduces exactly
+the batches an uninterrupted run would have seen, and each process slices the same global batch, so
+multi-host runs agree without communicating. The default dataset, scikit-learn's digits, is a local TFDS
+builder (`digits`) that prepares itself in well under a second, so tests and the first run need no network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import math
+import os
+import sys
+import zlib
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from oneshot.errors import UserError
+
+ROLES = ("train", "validation", "test")
+DIGITS_SEED = 20240613  # fixes the digits split forever; changing it changes which examples are held out
+DIGITS_SPLIT_SIZES = {"train": 1197, "validation": 300, "test": 300}
+_CACHE_AUTO_BYTES = 256 * 2**20  # splits up to this (as uint8) are decoded once and kept in memory
+_STATS_SAMPLE = 2048
+# Per-channel (mean, std) after scaling to [0, 1], for datasets where sampling the train split is slow.
+_KNOWN_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+class Digits(tfds.core.GeneratorBasedBuilder):
+  """scikit-learn's 8x8 digits (1797 images, values 0..16) as a TFDS dataset with fixed splits.
+
+  The data ships inside scikit-learn, so preparing needs no download. Pixels stay uint8 in 0..16
+  (`PIXEL_MAX`) as a plain Tensor feature: Image features need TensorFlow to encode. The split is a
+  hash permutation of the sklearn indices under `DIGITS_SEED`, independent of numpy and TFDS versions,
+  and records are stored in that order (`disable_shuffling`); `index` is the sklearn row, for audits.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release: train 1197 / validation 300 / test 300."}
+  PIXEL_MAX = 16
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> None:
+    """No checksums file to find; TFDS's lookup needs `importlib_resources`, which may be absent."""
+    return None
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="Optical recognition of handwritten digits (UCI), as bundled with scikit-learn.",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
+            "label": tfds.features.ClassLabel(num_classes=10),
+            "index": tfds.features.Tensor(shape=(), dtype=np.int64),
+        }),
+        supervised_keys=("image", "label"),
+        homepage="https://archive.ics.uci.edu/dataset/80",
+        disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
+    del dl_manager  # nothing to download
+    from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+    digits = load_digits()
+    images, labels = digits.images.astype(np.uint8)[..., None], digits.target
+    order = permutation(len(labels), DIGITS_SEED)
+    bounds = np.cumsum([0] + list(DIGITS_SPLIT_SIZES.values()))
+    assert bounds[-1] == len(labels), "the split sizes must cover the 1797 digits"
+    return {name: self._generate_examples(images, labels, order[lo:hi])
+            for name, lo, hi in zip(DIGITS_SPLIT_SIZES, bounds[:-1], bounds[1:])}
+
+  def _generate_examples(self, images: np.ndarray, labels: np.ndarray,
+                         indices: np.ndarray) -> Iterator[tuple[int, dict[str, Any]]]:
+    for i in indices:
+      yield int(i), {"image": images[i], "label": int(labels[i]), "index": int(i)}
+
+
+@dataclasses.dataclass
+class Dataset:
+  """A loaded dataset; `split` arguments are the roles 'train', 'validation', 'test'."""
+
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]  # H, W, C
+  split_sizes: dict[str, int]
+  _sources: dict[str, _Source] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+  _mean: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(1, np.float32), repr=False,
+                                        compare=False)
+  _inv_std: np.ndarray = dataclasses.field(default_factory=lambda: np.ones(1, np.float32), repr=False,
+                                           compare=False)
+
+  def batch(self, split: str, step: int, batch_size: int, seed: int, *, process_index: int = 0,
+            process_count: int = 1) -> dict[str, np.ndarray]:
+    """Global batch `step` of an endless, epoch-reshuffled stream of `split`; this process's slice.
+
+    The order is a pure function of (seed, split, step), so a resumed run is exact. Global batches run
+    on across epoch boundaries (position p is example perm(epoch=p // n)[p % n]), so every example is
+    seen once per epoch whatever the batch size. Returns process `process_index`'s contiguous
+    1/process_count slice: {'image': float32 [b, H, W, C] normalised, 'label': int32 [b]}.
+    """
+    step, batch_size, seed = int(step), int(batch_size), int(seed)
+    source = self._source(split)
+    local = _local_size(batch_size, process_index, process_count)
+    if step < 0:
+      raise UserError(f"batch step must be >= 0, got {step}")
+    start = step * batch_size + process_index * local
+    positions = np.arange(start, start + local, dtype=np.int64)
+    epochs, offsets = np.divmod(positions, source.size)
+    indices = np.empty(local, np.int64)
+    salt = zlib.crc32(split.encode())
+    for epoch in np.unique(epochs):
+      rows = epochs == epoch
+      indices[rows] = _epoch_order(source.size, seed % 2**64, salt, int(epoch))[offsets[rows]]
+    images, labels = source.read(indices)
+    return {"image": self._normalise(images), "label": labels}
+
+  def iterate(self, split: str, batch_size: int, *, process_index: int = 0,
+              process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over `split` in stored order, for evaluation; every process yields the same count.
+
+    The last global batch is padded to `batch_size` with zero images; every batch carries 'mask'
+    float32 [b] (1 for real rows, 0 for padding) so metrics can be summed over real rows only.
+    """
+    source = self._source(split)
+    local = _local_size(batch_size, process_index, process_count)
+    for step in range(math.ceil(source.size / batch_size)):
+      start = step * batch_size + process_index * local
+      indices = np.arange(start, start + local, dtype=np.int64)
+      real = indices < source.size
+      images, labels = source.read(indices[real])
+      image = np.zeros((local,) + self.image_shape, np.float32)
+      label = np.zeros(local, np.int32)
+      image[real], label[real] = self._normalise(images), labels
+      yield {"image": image, "label": label, "mask": real.astype(np.float32)}
+
+  def _source(self, split: str) -> _Source:
+    if split not in self._sources:
+      raise UserError(f"dataset {self.name!r} has no {split!r} split here; use one of "
+                      f"{sorted(self._sources)} (set --config.dataset.{split}_split to add it)"
+                      if split in ROLES else
+                      f"unknown split {split!r}; use one of {sorted(self._sources)}")
+    return self._sources[split]
+
+  def _normalise(self, images: np.ndarray) -> np.ndarray:
+    return ((images.astype(np.float32) - self._mean) * self._inv_std).astype(np.float32)
+
+
+def load(config: Any) -> Dataset:
+  """Opens the dataset named by the `dataset` config section (a ConfigDict or a mapping).
+
+  Fields: name (TFDS name), data_dir (None: TFDS default), train_split / validation_split /
+  test_split (TFDS split specs, slicing allowed, e.g. 'train[:45000]'; empty: role absent),
+  cache_in_memory (None: cache splits smaller than 256 MiB), image_size (only for datasets whose images
+  vary in size: resize the shorter side and centre-crop). `digits` is prepared on first use.
+  """
+  name = _field(config, "name", None)
+  if not name:
+    raise UserError("no dataset name; set --config.dataset.name to a TFDS name such as digits, cifar10")
+  name = str(name)
+  data_dir = _field(config, "data_dir", None) or None
+  data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir else None
+  builder = _open_builder(name, data_dir)
+  info = builder.info
+  image_key, label_key = info.supervised_keys or ("image", "label")
+  features = info.features
+  if image_key not in features or label_key not in features:
+    raise UserError(f"dataset {name!r} has no ({image_key!r}, {label_key!r}) features; it is not an "
+                    "image classification dataset, pick another --config.dataset.name")
+  num_classes = getattr(features[label_key], "num_classes", None)
+  if not num_classes:
+    raise UserError(f"dataset {name!r}: label feature {label_key!r} is not a class label; pick an "
+                    "image classification dataset")
+  shape = tuple(features[image_key].shape)
+  shape = shape + (1,) if len(shape) == 2 else shape
+  image_size = _field(config, "image_size", None)
+  if image_size:
+    shape = (int(image_size), int(image_size), shape[2])
+  elif None in shape:
+    raise UserError(f"dataset {name!r} has images of varying size {shape}; set "
+                    "--config.dataset.image_size (e.g. 224) to resize and centre-crop them")
+  cache = _field(config, "cache_in_memory", None)
+  sources = {}
+  for role in ROLES:
+    spec = _field(config, f"{role}_split", role)
+    if not spec:
+      continue
+    source = _open_split(builder, name, role, str(spec))
+    resize = int(image_size) if image_size else None
+    sources[role] = _Source(source, len(source), image_key, label_key, resize)
+    small = len(source) * math.prod(shape) <= _CACHE_AUTO_BYTES
+    if small if cache is None else bool(cache):
+      sources[role].cache()
+  if "train" not in sources:
+    raise UserError("no train split; set --config.dataset.train_split (e.g. 'train')")
+  scale = float(getattr(builder, "PIXEL_MAX", 255.0 if features[image_key].np_dtype == np.uint8
+                        else 1.0))
+  mean, std = _stats(name, sources["train"], scale)
+  return Dataset(name=name, num_classes=int(num_classes), image_shape=shape,
+                 split_sizes={role: s.size for role, s in sources.items()}, _sources=sources,
+                 _mean=(mean * scale).astype(np.float32),
+                 _inv_std=(1.0 / (std * scale)).astype(np.float32))
+
+
+def permutation(n: int, *keys: int) -> np.ndarray:
+  """A permutation of range(n) fixed by `keys` alone: indices sorted by a bijective 64-bit hash.
+
+  Unlike `np.random` streams this cannot change with a numpy upgrade, so splits and resumed data
+  orders stay exact across environments; as the hash is a bijection there are no ties.
+  """
+  h = np.zeros(1, np.uint64)
+  for key in keys:
+    h = _mix(h ^ np.uint64(int(key) % 2**64))
+  return np.argsort(_mix(np.arange(n, dtype=np.uint64) ^ h), kind="stable")
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+  """splitmix64's finaliser: a bijection on uint64 with good avalanche (array ops wrap silently)."""
+  x = x + np.uint64(0x9E3779B97F4A7C15)
+  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return x ^ (x >> np.uint64(31))
+
+
+@functools.lru_cache(maxsize=4)  # batches straddle at most two epochs
+def _epoch_order(n: int, seed: int, salt: int, epoch: int) -> np.ndarray:
+  order = permutation(n, seed, salt, epoch)
+  order.flags.writeable = False
+  return order
+
+
+def _local_size(batch_size: int, process_index: int, process_count: int) -> int:
+  if batch_size <= 0:
+    raise UserError(f"batch size must be positive, got {batch_size}")
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise UserError(f"process {process_index} of {process_count} is not a valid process index")
+  if batch_size % process_count:
+    raise UserError(f"global batch size {batch_size} is not divisible by the {process_count} "
+                    f"processes; use a multiple of {process_count}")
+  return batch_size // process_count
+
+
+class _Source:
+  """One split: random access to uint8 (or float) images [k, H, W, C] and int32 labels by index."""
+
+  def __init__(self, source: Any, size: int, image_key: str, label_key: str, resize: int | None):
+    self.source, self.size, self.resize = source, size, resize
+    self.image_key, self.label_key = image_key, label_key
+    self._images: np.ndarray | None = None
+    self._labels: np.ndarray | None = None
+
+  def cache(self, chunk: int = 4096) -> None:
+    """Decodes the whole split once; later reads are a numpy gather."""
+    parts = [self._decode(np.arange(i, min(i + chunk, self.size))) for i in range(0, self.size, chunk)]
+    self._images = np.concatenate([p[0] for p in parts])
+    self._labels = np.concatenate([p[1] for p in parts])
+
+  def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if self._images is not None:
+      return self._images[indices], self._labels[indices]
+    return self._decode(indices)
+
+  def _decode(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    examples = self.source.__getitems__([int(i) for i in indices]) if len(indices) else []
+    images = [_as_hwc(ex[self.image_key], self.resize) for ex in examples]
+    labels = np.array([ex[self.label_key] for ex in examples], np.int32)
+    return (np.stack(images) if images else np.zeros((0, 1, 1, 1), np.uint8)), labels
+
+
+def _as_hwc(image: np.ndarray, resize: int | None) -> np.ndarray:
+  image = np.asarray(image)
+  image = image[..., None] if image.ndim == 2 else image
+  if resize is None or image.shape[:2] == (resize, resize):
+    return image
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  h, w, c = image.shape
+  scale = resize / min(h, w)
+  size = (max(resize, round(w * scale)), max(resize, round(h * scale)))
+  pil = Image.fromarray(image[..., 0] if c == 1 else image).resize(size, Image.BILINEAR)
+  out = np.asarray(pil)
+  top, left = (out.shape[0] - resize) // 2, (out.shape[1] - resize) // 2
+  out = out[top:top + resize, left:left + resize]
+  return out[..., None] if out.ndim == 2 else out
+
+
+def _stats(name: str, train: _Source, scale: float) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean/std in [0, 1] units: known constants, else a fixed strided train sample."""
+  if name in _KNOWN_STATS:
+    mean, std = _KNOWN_STATS[name]
+    return np.array(mean), np.array(std)
+  count = min(train.size, _STATS_SAMPLE)
+  indices = np.linspace(0, train.size - 1, count).astype(np.int64)
+  images = train.read(indices)[0].astype(np.float64) / scale
+  axes = tuple(range(images.ndim - 1))
+  return images.mean(axis=axes), np.maximum(images.std(axis=axes), 1e-3)
+
+
+def _field(config: Any, key: str, default: Any) -> Any:
+  if hasattr(config, "get"):
+    return config.get(key, default)
+  return getattr(config, key, default)
+
+
+def _open_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """The TFDS builder, prepared (digits prepares itself); tfds errors become one-line UserErrors."""
+  where = data_dir or tfds.core.constants.DATA_DIR
+  if name == Digits.name:
+    with _quiet_absl():
+      builder = Digits(data_dir=data_dir, file_format="array_record")
+    if not builder.is_prepared():
+      _prepare(builder)
+      builder = Digits(data_dir=data_dir, file_format="array_record")
+    return builder
+  try:
+    with _quiet_absl():
+      builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UserError(f"unknown dataset {name!r}: not a TFDS dataset; set --config.dataset.name to a "
+                    "TFDS name such as digits, cifar10") from None
+  except Exception as e:  # pylint: disable=broad-except  # tfds raises many types; all are config
+    raise UserError(f"cannot open dataset {name!r} in {where}: {_first_line(e)}; check "
+                    "--config.dataset.name and --config.dataset.data_dir") from None
+  if not builder.is_prepared():
+    raise UserError(f"dataset {name!r} is not prepared in {where}; prepare it with `tfds build "
+                    f"{name} --data_dir {where} --file_format array_record` on a machine with network "
+                    "access (this machine may be offline), or set --config.dataset.data_dir")
+  fmt = getattr(builder.info.file_format, "value", builder.info.file_format)
+  if fmt not in ("array_record", "parquet"):
+    raise UserError(f"dataset {name!r} in {where} is stored as {fmt}, which needs TensorFlow to read; "
+                    f"rebuild it with `tfds build {name} --data_dir {where} --file_format array_record`")
+  return builder
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+  """Drops TFDS's "Variant folder ... has no dataset_info.json" warning: not-prepared is handled here."""
+  def keep(record: logging.LogRecord) -> bool:
+    return "has no dataset_info.json" not in str(record.msg) + str(record.args)
+  logger = logging.getLogger("absl")
+  logger.addFilter(keep)
+  try:
+    yield
+  finally:
+    logger.removeFilter(keep)
+
+
+def _prepare(builder: tfds.core.DatasetBuilder) -> None:
+  """download_and_prepare with TFDS's progress bars off and its stdout chatter sent to stderr.
+
+  stdout may carry JSON for other tools. Concurrent processes may race to prepare the same data_dir;
+  the loser's final rename fails, which is fine as long as the winner's copy is complete.
+  """
+  bars = getattr(tfds.core.utils.tqdm_utils, "_active", True)
+  tfds.display_progress_bar(False)
+  try:
+    with contextlib.redirect_stdout(sys.stderr):
+      builder.download_and_prepare()
+  except OSError:
+    if not type(builder)(data_dir=builder.data_dir_root, file_format="array_record").is_prepared():
+      raise
+  finally:
+    tfds.display_progress_bar(bars)
+
+
+def _open_split(builder: tfds.core.DatasetBuilder, name: str, role: str, spec: str) -> Any:
+  try:
+    return builder.as_data_source(split=spec)
+  except (ValueError, KeyError) as e:
+    splits = ", ".join(sorted(builder.info.splits.keys()))
+    raise UserError(f"dataset {name!r} cannot read split {spec!r} ({_first_line(e)}); set "
+                    f"--config.dataset.{role}_split to one of {splits} or a slice such as "
+                    "'train[:90%]'") from None
+  except NotImplementedError as e:
+    raise UserError(f"dataset {name!r} cannot be read without TensorFlow ({_first_line(e)}); rebuild "
+                    f"it with `tfds build {name} --file_format array_record`") from None
+
+
+def _first_line(e: BaseException) -> str:
+  lines = str(e).strip().splitlines()
+  return lines[0].strip(" .") if lines else type(e).__name__
