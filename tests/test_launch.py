@@ -1,0 +1,279 @@
+"""`oneshot launch` builds the right gcloud plan, and multi-process start-up refuses bad settings.
+
+Nothing here talks to Google Cloud or starts a distributed job: dry runs print, real runs go through a
+fake subprocess.run.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import textwrap
+
+import pytest
+
+from launch import distributed, tpu
+from oneshot import cli
+from oneshot.errors import UserError
+
+CONFIG = """
+import ml_collections
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.train = ml_collections.ConfigDict({"steps": 10, "lr": 0.1})
+  c.name = "run"
+  %s
+  return c
+"""
+LAUNCH = ("c.launch = ml_collections.ConfigDict({'tpu': 'cfg-tpu', 'zone': 'europe-west4-a', "
+          "'accelerator_type': 'v5litepod-16', 'spot': True})")
+POD = ["--tpu", "my-pod", "--zone", "us-central2-b", "--accelerator-type", "v4-32"]
+
+
+@pytest.fixture
+def config(tmp_path):
+  path = tmp_path / "cfg.py"
+  path.write_text(textwrap.dedent(CONFIG % ""))
+  return str(path)
+
+
+@pytest.fixture
+def launch_config(tmp_path):
+  path = tmp_path / "cfg_launch.py"
+  path.write_text(textwrap.dedent(CONFIG % LAUNCH))
+  return str(path)
+
+
+def dry_run(capsys, *argv: str) -> list[list[str]]:
+  """The printed commands, each already split the way a shell would split it."""
+  assert tpu.main(["--dry-run", *argv]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  parsed = [shlex.split(line) for line in lines]  # every line, comments included, must parse
+  return [argv for argv in parsed if argv and argv[0] != "#"]
+
+
+def index(commands: list[list[str]], *words: str) -> int:
+  hits = [i for i, argv in enumerate(commands) if all(w in " ".join(argv) for w in words)]
+  assert len(hits) == 1, (words, commands)
+  return hits[0]
+
+
+def remote(argv: list[str]) -> list[str]:
+  return shlex.split(argv[argv.index("--command") + 1])
+
+
+def test_dry_run_v4_32_pod_in_order(capsys, config):
+  commands = dry_run(capsys, "--config", config, *POD, "--config.train.steps", "5",
+                     "--config.name=a b")
+  create = index(commands, "tpu-vm create")
+  copy = index(commands, "tpu-vm scp", "--worker=all")
+  install = index(commands, "tpu-vm ssh", "pip install")
+  run = index(commands, "tpu-vm ssh", "oneshot search")
+  fetch = index(commands, "tpu-vm scp", "--worker=0")
+  delete = index(commands, "tpu-vm delete")
+  assert create < copy < install < run < fetch < delete == len(commands) - 1
+  assert commands[create][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "my-pod"]
+  assert {"--zone=us-central2-b", "--accelerator-type=v4-32",
+          "--version=tpu-ubuntu2204-base"} <= set(commands[create])
+  assert "--spot" not in commands[create]
+  assert "--worker=all" in commands[install] and "jax[tpu]" in remote(commands[install])
+  assert "--worker=all" in commands[run]
+  search = remote(commands[run])
+  start = search.index("oneshot")
+  assert search[start:start + 2] == ["oneshot", "search"]
+  assert search[-3:] == ["--config.train.steps", "5", "--config.name=a b"]  # verbatim, in order
+  assert search[search.index("--workdir") + 1] == "workdirs/my-pod"
+  assert search[search.index("--config") + 1] == "cfg.py"  # out-of-tree config is copied alongside
+  assert config in commands[copy]
+  assert "my-pod:workdirs/my-pod" in commands[fetch]
+  assert "--quiet" in commands[delete] and "--zone=us-central2-b" in commands[delete]
+
+
+def test_in_tree_config_rides_with_the_source(capsys, tmp_path):
+  (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "c.py").write_text(textwrap.dedent(CONFIG % ""))
+  commands = dry_run(capsys, "--config", str(tmp_path / "configs" / "c.py:arg"), *POD,
+                     "--source", str(tmp_path))
+  copy = commands[index(commands, "tpu-vm scp", "--worker=all")]
+  assert not any(a.endswith("c.py") for a in copy)
+  search = remote(commands[index(commands, "oneshot search")])
+  assert search[search.index("--config") + 1] == "oneshot-src/configs/c.py:arg"
+  assert commands[index(commands, "tar -czf")][-2:] == [str(tmp_path), "."]
+
+
+def test_spot(capsys, config):
+  commands = dry_run(capsys, "--config", config, *POD, "--spot")
+  assert "--spot" in commands[index(commands, "tpu-vm create")]
+
+
+def test_queued_waits_and_deletes_the_queued_resource(capsys, config):
+  commands = dry_run(capsys, "--config", config, *POD, "--queued", "--spot", "--project", "p1")
+  create = index(commands, "queued-resources create")
+  wait = index(commands, "queued-resources describe")
+  run = index(commands, "oneshot search")
+  delete = index(commands, "queued-resources delete")
+  assert create < wait < run < delete
+  assert {"--node-id=my-pod", "--runtime-version=tpu-ubuntu2204-base", "--spot",
+          "--project=p1"} <= set(commands[create])
+  assert commands[wait][:2] == ["sh", "-c"] and "ACTIVE" in commands[wait][2]
+  assert "--force" in commands[delete]
+  assert not any("tpu-vm create" in " ".join(c) for c in commands)
+
+
+def test_gs_workdir_is_fetched_with_gcloud_storage(capsys, config):
+  commands = dry_run(capsys, "--config", config, *POD, "--workdir", "gs://b/runs/1")
+  assert commands[index(commands, "storage cp")][-2:] == ["gs://b/runs/1", "workdirs"]
+
+
+def test_config_launch_section_used_and_flags_win(capsys, launch_config):
+  commands = dry_run(capsys, "--config", launch_config)
+  create = commands[index(commands, "tpu-vm create")]
+  assert {"cfg-tpu", "--zone=europe-west4-a", "--accelerator-type=v5litepod-16",
+          "--version=v2-alpha-tpuv5-lite", "--spot"} <= set(create)
+  commands = dry_run(capsys, "--config", launch_config, "--tpu", "flag-tpu", "--nospot",
+                     "--accelerator-type", "v5p-8", "--runtime-version", "my-runtime")
+  create = commands[index(commands, "tpu-vm create")]
+  assert {"flag-tpu", "--zone=europe-west4-a", "--accelerator-type=v5p-8",
+          "--version=my-runtime"} <= set(create)
+  assert "--spot" not in create
+  commands = dry_run(capsys, "--config", launch_config, "--config.launch.zone=us-east5-a")
+  assert "--zone=us-east5-a" in commands[index(commands, "tpu-vm create")]
+
+
+@pytest.mark.parametrize("accelerator", ["v4", "v4-x", "tpu-v4-32", "v9-8", "v4-0"])
+def test_bad_accelerator_type(config, accelerator):
+  with pytest.raises(UserError, match="accelerator type.*v4-32"):
+    tpu.main(["--config", config, "--tpu", "t", "--zone", "us-central2-b", "--accelerator-type",
+              accelerator, "--dry-run"])
+
+
+def test_v5e_spelling_gets_the_cloud_name(config):
+  with pytest.raises(UserError, match="v5litepod-16"):
+    tpu.main(["--config", config, "--tpu", "t", "--zone", "us-central2-b", "--accelerator-type",
+              "v5e-16", "--dry-run"])
+
+
+@pytest.mark.parametrize("missing", ["--tpu", "--zone", "--accelerator-type"])
+def test_missing_setting_names_flag_and_config_field(config, missing):
+  argv = list(POD)
+  del argv[argv.index(missing):argv.index(missing) + 2]
+  field = missing[2:].replace("-", "_")
+  with pytest.raises(UserError, match=f"{missing} is required.*config.launch.{field}"):
+    tpu.main(["--config", config, *argv, "--dry-run"])
+
+
+def test_unknown_launch_field(tmp_path):
+  path = tmp_path / "c.py"
+  path.write_text(textwrap.dedent(CONFIG % "c.launch = ml_collections.ConfigDict({'zon': 'x'})"))
+  with pytest.raises(UserError, match="unknown field 'zon'"):
+    tpu.main(["--config", str(path), *POD, "--dry-run"])
+
+
+def test_cli_prints_one_line_and_exits_2(capsys, config):
+  assert cli.main(["launch", "--config", config, "--tpu", "t", "--accelerator-type", "v4-32"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "--zone is required" in err
+
+
+def test_no_gcloud_fails_before_running_anything(monkeypatch, config):
+  monkeypatch.setattr(tpu.shutil, "which", lambda name: None)
+  ran = []
+  monkeypatch.setattr(tpu.subprocess, "run", lambda *a, **k: ran.append(a))
+  with pytest.raises(UserError, match="gcloud not found on PATH.*--dry-run"):
+    tpu.main(["--config", config, *POD])
+  assert ran == []
+
+
+def fake_gcloud(monkeypatch, fail_on: str | None = None) -> list[str]:
+  ran: list[str] = []
+
+  def run(argv, check=False, **kwargs):
+    ran.append(shlex.join(argv))
+    code = 1 if fail_on and fail_on in ran[-1] else 0
+    if check and code:
+      raise subprocess.CalledProcessError(code, argv)
+    return subprocess.CompletedProcess(argv, code)
+
+  monkeypatch.setattr(tpu.shutil, "which", lambda name: f"/usr/bin/{name}")
+  monkeypatch.setattr(tpu.subprocess, "run", run)
+  return ran
+
+
+def test_real_run_executes_the_dry_run_plan(monkeypatch, capsys, config):
+  printed = [shlex.join(c) for c in dry_run(capsys, "--config", config, *POD)]
+  ran = fake_gcloud(monkeypatch)
+  assert tpu.main(["--config", config, *POD]) == 0
+  assert ran == printed
+
+
+def test_failed_step_still_deletes_the_tpu(monkeypatch, config):
+  ran = fake_gcloud(monkeypatch, fail_on="oneshot search")
+  with pytest.raises(UserError, match="run the search.*exit code 1.*being deleted"):
+    tpu.main(["--config", config, *POD])
+  assert "tpu-vm delete my-pod" in ran[-1]
+
+
+def test_failed_create_deletes_nothing(monkeypatch, config):
+  ran = fake_gcloud(monkeypatch, fail_on="tpu-vm create")
+  with pytest.raises(UserError, match="no TPU was created"):
+    tpu.main(["--config", config, *POD])
+  assert not any("delete" in r for r in ran)
+
+
+# --- launch.distributed -----------------------------------------------------------------------------
+
+TPU_ENV = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_NUM_SLICES")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+  for name in list(distributed.ENV.values()) + list(TPU_ENV):
+    monkeypatch.delenv(name, raising=False)
+  return monkeypatch
+
+
+def test_maybe_initialize_is_a_no_op_without_settings(clean_env):
+  import jax
+
+  def boom(*args, **kwargs):
+    raise AssertionError("jax.distributed.initialize must not be called")
+
+  clean_env.setattr(jax.distributed, "initialize", boom)
+  distributed.maybe_initialize()
+  distributed.maybe_initialize(None)  # idempotent
+  clean_env.setenv("ONESHOT_NUM_PROCESSES", "1")
+  distributed.maybe_initialize()
+
+
+def test_process_id_not_below_count(clean_env):
+  clean_env.setenv("ONESHOT_COORDINATOR_ADDRESS", "10.0.0.2:1234")
+  clean_env.setenv("ONESHOT_NUM_PROCESSES", "4")
+  clean_env.setenv("ONESHOT_PROCESS_ID", "4")
+  with pytest.raises(UserError, match="ONESHOT_PROCESS_ID=4 is not below ONESHOT_NUM_PROCESSES=4"):
+    distributed.maybe_initialize()
+  with pytest.raises(UserError, match="process_id=5 is not below"):
+    distributed.resolve(num_processes=2, process_id=5, coordinator_address="h:1", environ={})
+
+
+def test_resolve_precedence_and_validation():
+  env = {"ONESHOT_COORDINATOR_ADDRESS": "h:9", "ONESHOT_NUM_PROCESSES": "2",
+         "ONESHOT_PROCESS_ID": "1", "ONESHOT_LOCAL_DEVICE_IDS": "0,1"}
+  s = distributed.resolve(environ=env)
+  assert (s.coordinator_address, s.num_processes, s.process_id, s.local_device_ids) == \
+      ("h:9", 2, 1, (0, 1))
+  assert distributed.resolve(environ=env, process_id=0).process_id == 0  # arguments win
+  assert distributed.resolve(environ={}) is None
+  with pytest.raises(UserError, match="no coordinator"):
+    distributed.resolve(environ={"ONESHOT_NUM_PROCESSES": "2", "ONESHOT_PROCESS_ID": "0"})
+  with pytest.raises(UserError, match="not HOST:PORT"):
+    distributed.resolve(environ={**env, "ONESHOT_COORDINATOR_ADDRESS": "h"})
+  with pytest.raises(UserError, match="not an integer"):
+    distributed.resolve(environ={**env, "ONESHOT_NUM_PROCESSES": "two"})
+
+
+def test_tpu_pod_detection_from_worker_list():
+  assert distributed.tpu_process_count({"TPU_WORKER_HOSTNAMES": "a,b,c,d"}) == 4
+  assert distributed.tpu_process_count({"TPU_WORKER_HOSTNAMES": "a"}) == 1
