@@ -1,0 +1,216 @@
+"""The analytical hardware model: hand-checked cycles, monotonicity, layer tables, constraints, rewards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from oneshot.errors import UserError
+from oneshot.hardware import cost_model, layers, rewards
+from spaces import accelerator, mobilenet, nasbench201
+
+SMALL = dict(stem_filters=8, stem_stride=2, head_filters=0, stages=[(8, 1, 1), (16, 2, 2)],
+             width_multipliers=(0.5, 1.0), kernel_sizes=(3, 5), expansion_ratios=(1, 3))
+
+
+def one_layer(kind, r, c, m, h, e, stride=1):
+  return {k: np.array([[v]]) for k, v in dict(kind=kind, R=r, S=r, C=c, M=m, H=h, W=h, E=e, F=e,
+                                               stride=stride, valid=True).items()}
+
+
+def accel(rows, cols, dataflow, sram_kb=64, gbps=16.0, mhz=500.0, n=1):
+  full = lambda v: np.full(n, v)  # noqa: E731
+  return dict(rows=full(rows), cols=full(cols), ifmap_sram_kb=full(sram_kb),
+              filter_sram_kb=full(sram_kb), ofmap_sram_kb=full(sram_kb),
+              dataflow=full(accelerator.DATAFLOWS.index(dataflow)), dram_gbps=full(gbps),
+              clock_mhz=full(mhz))
+
+
+def dna_of(space, values):
+  """Like Space.from_values (which, as of 88ae84e, hands validate a generator and always fails)."""
+  return space.validate([d.index(values[d.name]) for d in space.decisions])
+
+
+def cycles(table, a):
+  return float(cost_model.evaluate(table, a)["cycles"][0])
+
+
+def test_conv_cycles_by_hand():
+  # 3x3 conv, C=4 -> M=10, 5x5 output, on an 8-row x 4-col array: K = 3*3*4 = 36, N = 10, P = 25.
+  conv = one_layer(layers.CONV, 3, 4, 10, 5, 5)
+  # WS (Sr, Sc, T) = (36, 10, 25): ceil(36/8)=5 * ceil(10/4)=3 = 15 folds of 2*8 + 4 + 25 - 2 = 43.
+  assert cycles(conv, accel(8, 4, "ws")) == 15 * 43 == 645
+  # OS (25, 10, 36): ceil(25/8)=4 * 3 = 12 folds of 8 + 4 + 36 - 2 = 46.
+  assert cycles(conv, accel(8, 4, "os")) == 12 * 46 == 552
+  # IS (36, 25, 10): 5 * ceil(25/4)=7 = 35 folds of 2*8 + 4 + 10 - 2 = 28.
+  assert cycles(conv, accel(8, 4, "is")) == 35 * 28 == 980
+
+
+def test_depthwise_dense_and_pool_cycles_by_hand():
+  # Depthwise 3x3 on C=5 channels, 4x4 output, 4x4 array: 5 GEMMs of (K, N, P) = (9, 1, 16).
+  dw = one_layer(layers.DEPTHWISE, 3, 5, 5, 4, 4)
+  assert cycles(dw, accel(4, 4, "ws")) == 5 * (3 * 1) * (8 + 4 + 16 - 2) == 390
+  assert cycles(dw, accel(4, 4, "os")) == 5 * (4 * 1) * (4 + 4 + 9 - 2) == 300
+  assert cycles(dw, accel(4, 4, "is")) == 5 * (3 * 4) * (8 + 4 + 1 - 2) == 660
+  # Dense 20 -> 6 (K, N, P) = (20, 6, 1): WS 5 * 2 folds of 8 + 4 + 1 - 2.
+  assert cycles(one_layer(layers.DENSE, 1, 20, 6, 1, 1), accel(4, 4, "ws")) == 10 * 11
+  # Pool 3x3 on 10 channels, 4x4 output: ceil(10/4) channel groups * 9 window taps * 16 outputs.
+  assert cycles(one_layer(layers.POOL, 3, 10, 10, 4, 4), accel(4, 4, "os")) == 3 * 9 * 16
+
+
+def test_roofline_latency_by_hand():
+  # Dense 1000 -> 1000 under WS: the 1e6-byte weight matrix is read once, input/output (1000 B) fit.
+  fc = one_layer(layers.DENSE, 1, 1000, 1000, 1, 1)
+  out = cost_model.evaluate(fc, accel(8, 8, "ws", gbps=1.0, mhz=1000.0))
+  assert out["dram_bytes"][0] == 1_000_000 + 1000 + 1000
+  assert out["cycles"][0] == 125 * 125 * (16 + 8 + 1 - 2)  # 0.36 ms of compute at 1 GHz
+  assert out["latency_ms"][0] == pytest.approx(1.002)  # memory bound: 1.002e6 B at 1 GB/s
+  assert out["macs"][0] == 1e6
+
+
+def _random_batch(n=300, seed=0):
+  rng = np.random.default_rng(seed)
+  space = mobilenet.build(SMALL)
+  dnas = np.stack([rng.integers(k, size=n) for k in space.num_choices], 1)
+  table = layers.layer_table(space, dnas, (32, 32, 3), 10)
+  accel_space = accelerator.build({})
+  values = accelerator.arrays(accel_space, accelerator.sample(accel_space, rng, n))
+  return table, values
+
+
+def test_more_bandwidth_clock_or_sram_is_never_worse():
+  table, values = _random_batch()
+  base = cost_model.evaluate(table, values)
+  for key, better in (("dram_gbps", 2.0), ("clock_mhz", 2.0)):
+    faster = cost_model.evaluate(table, {**values, key: values[key] * better})
+    assert np.all(faster["latency_ms"] <= base["latency_ms"] * (1 + 1e-12))
+  for key in ("ifmap_sram_kb", "filter_sram_kb", "ofmap_sram_kb"):
+    bigger = cost_model.evaluate(table, {**values, key: values[key] * 4})
+    assert np.all(bigger["dram_bytes"] <= base["dram_bytes"])
+    assert np.all(bigger["area_mm2"] > base["area_mm2"])
+
+
+def test_more_pes_never_more_folds_and_never_slower_at_equal_utilisation():
+  # Every GEMM dimension is a multiple of 256, so doubling rows or cols halves the folds exactly.
+  rng = np.random.default_rng(1)
+  n = 200
+  table = {k: np.full((n, 1), v) for k, v in dict(kind=layers.CONV, R=1, S=1, H=16, W=16, E=16,
+                                                     F=16, stride=1, valid=True).items()}
+  table["C"] = 256 * rng.integers(1, 4, (n, 1))
+  table["M"] = 256 * rng.integers(1, 4, (n, 1))
+  for dataflow in accelerator.DATAFLOWS:
+    for size in (8, 16, 32, 64, 128):
+      base = cost_model.evaluate(table, accel(size, size, dataflow, n=n))["cycles"]
+      for rows, cols in ((2 * size, size), (size, 2 * size)):
+        more = cost_model.evaluate(table, accel(rows, cols, dataflow, n=n))["cycles"]
+        assert np.all(more <= base), (dataflow, size, rows, cols)
+
+
+def test_fold_count_never_grows_with_the_array_but_fill_does():
+  # Not monotone in general: a 9-deep reduction on 8 vs 256 rows is 2 folds vs 1 fold of a much longer
+  # pipeline fill, so the bigger array is slower. The model must show that, not hide it.
+  conv = one_layer(layers.CONV, 3, 1, 8, 2, 2)  # K = 9, N = 8, P = 4
+  small, big = cycles(conv, accel(8, 8, "ws")), cycles(conv, accel(256, 8, "ws"))
+  assert small == 2 * (16 + 8 + 4 - 2) and big == 1 * (512 + 8 + 4 - 2) and big > small
+
+
+def test_area_budget_constraint():
+  space = accelerator.build(dict(area_budget_mm2=5.0))
+  small = dna_of(space, dict(rows=8, cols=8, ifmap_sram_kb=32, filter_sram_kb=32, ofmap_sram_kb=16,
+                               dataflow="ws", dram_gbps=8.0, clock_mhz=200.0))
+  assert space.is_valid(small)
+  huge = [5, 5, 4, 4, 4, 0, 0, 0]  # 256 x 256 PEs and the largest SRAMs: ~49 mm^2
+  with pytest.raises(UserError, match=r"area .* mm\^2 exceeds the budget 5 mm\^2; lower rows/cols"):
+    space.validate(huge)
+  rng = np.random.default_rng(0)
+  dnas = np.stack([rng.integers(k, size=200) for k in space.num_choices], 1)
+  assert list(accelerator.feasible(space, dnas)) == [space.is_valid(d) for d in dnas]
+  assert accelerator.feasible(space, accelerator.sample(space, rng, 50)).all()
+  with pytest.raises(UserError, match="unknown dataflow"):
+    accelerator.build(dict(dataflow=("ws", "rs")))
+  assert accelerator.build({}).constraint is None
+
+
+def test_mobilenet_layer_table_shapes():
+  space = mobilenet.build(SMALL)
+  values = {n: space.decisions[j].choices[0] for j, n in enumerate(space.names)}
+  values.update({"stage1/width": 1.0, "block1/expansion": 3, "block1/kernel": 5, "block2/skip": True})
+  table = layers.layer_table(space, np.array([dna_of(space, values)]), (32, 32, 3), 10)
+  assert all(v.shape == (1, 1 + 3 * 3 + 2) for v in table.values())
+  assert table["valid"][0].tolist() == [True] * 7 + [False] * 3 + [True] * 2  # block2 skipped
+  stem, b1_expand, b1_dw, b1_project = (
+      {k: int(v[0, l]) for k, v in table.items()} for l in (0, 4, 5, 6))
+  assert (stem["C"], stem["M"], stem["E"]) == (3, 8, 16)  # stem stride 2 halves 32
+  assert (b1_expand["C"], b1_expand["M"]) == (4, 12)  # stage0 at width 0.5 -> 4, expansion 3
+  assert (b1_dw["R"], b1_dw["C"], b1_dw["H"], b1_dw["E"], b1_dw["stride"]) == (5, 12, 16, 8, 2)
+  assert (b1_project["C"], b1_project["M"], b1_project["E"]) == (12, 16, 8)
+  pool, dense = ({k: int(v[0, l]) for k, v in table.items()} for l in (10, 11))
+  assert (pool["kind"], pool["C"], pool["R"], pool["E"]) == (layers.POOL, 16, 8, 1)
+  assert (dense["C"], dense["M"]) == (16, 10)
+  with_head = mobilenet.build({**SMALL, "head_filters": 64})
+  assert layers.layer_table(with_head, np.zeros((2, with_head.num_decisions), int))["M"][0, -3] == 64
+  with pytest.raises(UserError, match="must be in"):
+    layers.layer_table(space, np.full((1, space.num_decisions), 7))
+
+
+def test_nasbench201_layer_table():
+  space = nasbench201.build(dict(channels=4, cells_per_stage=2))
+  dnas = np.array([space.parse("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"),
+                   space.parse("|nor_conv_3x3~0|+|skip_connect~0|avg_pool_3x3~1|"
+                               "+|nor_conv_1x1~0|none~1|none~2|")])
+  table = layers.layer_table(space, dnas, (16, 16, 3), 10)
+  assert table["kind"].shape == (2, 1 + 3 * 2 * 6 + 2 * 4 + 2) == (2, layers.num_slots(space))
+  assert table["valid"].sum(1).tolist() == [1 + 8 + 2, 1 + 8 + 2 + 3 * 2 * 3]
+  assert table["C"][1, -1] == 16 and table["H"][1, -2] == 4  # 4 -> 8 -> 16 channels, 16 -> 8 -> 4 px
+  out = cost_model.evaluate(table, accel(16, 16, "ws", n=2))
+  assert out["cycles"][0] < out["cycles"][1]
+
+
+def test_evaluate_broadcasting_and_chunking(monkeypatch):
+  table, values = _random_batch(n=64)
+  full = cost_model.evaluate(table, values, per_layer=True)
+  assert full["layer_cycles"].shape == table["kind"].shape
+  assert np.allclose(full["layer_cycles"].sum(-1), full["cycles"])
+  grid = cost_model.evaluate({k: v[:, None, :] for k, v in table.items()},
+                             {k: v[None, :8] for k, v in values.items()})
+  assert grid["latency_ms"].shape == (64, 8)
+  assert np.allclose(np.diagonal(grid["latency_ms"][:8]), full["latency_ms"][:8])
+  monkeypatch.setattr(cost_model, "_CHUNK_ELEMENTS", 50)
+  chunked = cost_model.evaluate(table, values, per_layer=True)
+  assert all(np.allclose(chunked[k], full[k]) for k in full)
+  with pytest.raises(UserError, match="dataflow codes"):
+    cost_model.evaluate(table, {**values, "dataflow": values["dataflow"] + 3})
+
+
+def test_cost_convenience_matches_evaluate():
+  space, accel_space = mobilenet.build(SMALL), accelerator.build({})
+  dnas = np.zeros((3, space.num_decisions), int)
+  accel_dnas = np.ones((3, accel_space.num_decisions), int)
+  out = cost_model.cost(space, dnas, accel_space, accel_dnas, (32, 32, 3), 10)
+  ref = cost_model.evaluate(layers.layer_table(space, dnas, (32, 32, 3), 10),
+                            accelerator.arrays(accel_space, accel_dnas))
+  assert all(np.array_equal(out[k], ref[k]) for k in ref)
+
+
+def test_rewards_by_hand():
+  q = np.array([0.7, 0.8])
+  costs = dict(latency_ms=np.array([5.0, 20.0]), energy_mj=np.array([1.0, 3.0]),
+               area_mm2=np.array([4.0, 4.0]))
+  cfg = dict(latency_target_ms=10.0)
+  assert rewards.reward("accuracy", q, costs).tolist() == [0.7, 0.8]
+  # |5/10 - 1| = 0.5, |20/10 - 1| = 1.0, beta = -0.1
+  assert np.allclose(rewards.reward("tunas", q, costs, cfg), [0.7 - 0.05, 0.8 - 0.1])
+  assert np.allclose(rewards.reward("mnas", q, costs, cfg), [0.7 * 0.5 ** -0.07, 0.8 * 2.0 ** -0.07])
+  assert np.allclose(rewards.reward("mnas", q, costs, {**cfg, "w": -0.5}), [0.7 * 2 ** 0.5,
+                                                                           0.8 * 2 ** -0.5])
+  nahas = dict(latency_target_ms=10.0, energy_target_mj=2.0, energy_weight=0.5)
+  # latency: max(0, 0.5-1)=0, max(0, 2-1)=1; energy: 0, 0.5 * (1.5-1) = 0.25
+  assert np.allclose(rewards.reward("nahas", q, costs, nahas), [0.7, 0.8 - 1.0 - 0.25])
+  assert np.allclose(rewards.reward("tunas", q, costs, dict(metric="area", area_target_mm2=2.0)),
+                     [0.6, 0.7])
+  with pytest.raises(UserError, match="unknown reward kind"):
+    rewards.reward("pareto", q, costs, cfg)
+  with pytest.raises(UserError, match="latency_target_ms"):
+    rewards.reward("tunas", q, costs, {})
+  with pytest.raises(UserError, match="at least one target"):
+    rewards.reward("nahas", q, costs, {})
