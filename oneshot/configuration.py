@@ -30,18 +30,22 @@ def parse_flags(argv: Sequence[str], define: Callable[[flags.FlagValues], None] 
                                   sys_argv=["oneshot"] + argv)
   if define is not None:
     define(fv)
+  if "--help" in argv or "-h" in argv:
+    print(f"usage: oneshot {command} [--config FILE] [--config.FIELD=VALUE ...] [flags]\n")
+    print(fv.main_module_help() or fv.get_help())
+    raise SystemExit(0)
   try:
     rest = fv(["oneshot"] + argv, known_only=True)
-  except flags.Error as e:
-    raise UserError(f"{command}: {_flag_message(e)}") from None
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    raise UserError(_flag_message(e)) from None
   if rest[1:]:
-    raise UserError(f"{command}: unknown argument {rest[1]!r}; see `oneshot {command} --help`")
+    raise UserError(f"unknown argument {rest[1]!r}; see `oneshot {command} --help`")
   if config_required and fv["config"].value is None and not fv.is_parsed():
-    raise UserError(f"{command}: --config is required, e.g. --config configs/digits.py")
+    raise UserError("--config is required, e.g. --config configs/digits.py")
   for name in fv:
     flag = fv[name]
     if getattr(flag, "required", False) and flag.value is None:
-      raise UserError(f"{command}: --{name} is required")
+      raise UserError(f"--{name} is required")
   load(fv)
   return fv
 
@@ -69,8 +73,9 @@ def from_json(text: str) -> ml_collections.ConfigDict:
 def _flag_message(e: BaseException) -> str:
   text = str(e).strip().splitlines()
   first = text[0] if text else type(e).__name__
-  if isinstance(e, AttributeError):
-    return f"the config has no field {first}"
+  if isinstance(e, (AttributeError, KeyError)):
+    return (f"the config has no field {first}; check the spelling of the --config.* override "
+            "against the config file")
   if len(text) > 2 and "No such file" in " ".join(text):
     return f"config file not found ({text[2].strip()})"
   return first

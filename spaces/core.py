@@ -95,6 +95,8 @@ class Space:
   def validate(self, dna: Iterable[Any]) -> DNA:
     """Returns the DNA as a tuple of ints, or raises UserError naming the first bad entry."""
     try:
+      if not isinstance(dna, np.ndarray):
+        dna = list(dna)
       dna = tuple(int(i) for i in np.asarray(dna).reshape(-1))
     except (TypeError, ValueError):
       raise UserError(f"a DNA for space {self.name!r} is a list of {self.num_decisions} choice "

@@ -36,6 +36,7 @@ def build(config: Mapping[str, Any]) -> Space:
   return Space("mobilenet", tuple(decisions), skeleton)
 
 
+
 def stage_channels(filters: int, multiplier: float) -> int:
   """Active filters of a stage at a width multiplier: the prefix kept by the TuNAS-style mask."""
   return max(1, int(round(filters * float(multiplier))))

@@ -1,0 +1,69 @@
+"""Parameter holders shared by children and supernets: one naming scheme, so slicing a supernet's
+variables into a child's is a per-leaf prefix slice and nothing else."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from oneshot.models import ops
+
+
+class ConvBN(nn.Module):
+  """A convolution kernel plus its BatchNorm (scale, bias; running mean/var in `batch_stats`).
+
+  `shape` is (k, k, cin, cout) for a dense conv or (k, k, c) for a depthwise one. A supernet declares
+  the largest shape and slices; a child declares its exact shape.
+  """
+
+  shape: Sequence[int]
+
+  def setup(self):
+    fan_in = 1
+    for d in self.shape[:-1]:
+      fan_in *= d
+    init = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
+    self.kernel = self.param("kernel", lambda k, s: init(k, s) if len(s) == 4 else
+                             jax.random.truncated_normal(k, -2, 2, s) * (2.0 / fan_in) ** 0.5,
+                             tuple(self.shape))
+    channels = self.shape[-1]
+    self.scale = self.param("scale", nn.initializers.ones, (channels,))
+    self.bias = self.param("bias", nn.initializers.zeros, (channels,))
+    self.mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,))
+    self.var = self.variable("batch_stats", "var", jnp.ones, (channels,))
+
+  def __call__(self, x: jax.Array, stride: int = 1, train: bool = True,
+               depthwise_impl: str = "xla", relu: bool = True) -> jax.Array:
+    """Conv -> BN (-> ReLU), the child's full-size path."""
+    if len(self.shape) == 3:
+      y = ops.depthwise_conv2d(x, self.kernel, stride, depthwise_impl)
+    else:
+      y = ops.conv2d(x, self.kernel, stride)
+    y = self.normalize(y, train)
+    return nn.relu(y) if relu else y
+
+  def normalize(self, y: jax.Array, train: bool) -> jax.Array:
+    if train:
+      y, mean, var = ops.batch_norm(y, self.scale, self.bias)
+      if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
+        m = ops.BN_MOMENTUM
+        self.mean.value = m * self.mean.value + (1 - m) * mean
+        self.var.value = m * self.var.value + (1 - m) * var
+      return y
+    return ops.batch_norm(y, self.scale, self.bias, self.mean.value, self.var.value)[0]
+
+
+class Classifier(nn.Module):
+  features_in: int
+  num_classes: int
+
+  def setup(self):
+    self.kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                             (self.features_in, self.num_classes))
+    self.bias = self.param("bias", nn.initializers.zeros, (self.num_classes,))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x @ self.kernel + self.bias

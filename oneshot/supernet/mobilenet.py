@@ -1,0 +1,182 @@
+"""Supernet of the `mobilenet` space: one weight tree, any DNA, the DNA a traced int32 array.
+
+Sharing scheme (TuNAS/OFA): every choice of a block reads a prefix slice of the block's largest
+weights. Kernel size k uses the centre k x k of the largest depthwise kernel; expansion ratio e the
+first cin*e hidden channels; stage width w the first round(filters*w) output filters. Slices, not
+separate per-choice weights, because they keep the supernet as small as its largest child and let
+every child inherit trained weights directly (export is a slice).
+
+Executors decide how a traced choice becomes computation:
+* `switch`: `lax.switch` over statically sliced branches (expansion x kernel), `lax.cond` for dropped
+  blocks: only the chosen path runs. Best where conditionals are cheap (TPU/GPU).
+* `mask`: the largest block always runs; the choice is a mask on kernel taps and channels. Pays the
+  largest child every step, but has no control flow, which XLA:CPU differentiates far faster.
+Width always uses a channel mask: it changes the shape seen by the next block, so no branch can hide it.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from oneshot.models import ops
+from oneshot.models.layers import Classifier, ConvBN
+from spaces.core import Space
+from spaces.mobilenet import stage_channels
+
+
+class MobileNetSupernet(nn.Module):
+  """Holds the largest weights; `__call__(x, dna)` runs the path `dna` with batch-statistics BN."""
+
+  space: Space
+  num_classes: int
+  image_channels: int
+  executor: str = "mask"
+  depthwise_impl: str = "xla"
+
+  def setup(self):
+    sk = self.space.skeleton
+    self.kmax = max(sk["kernel_sizes"])
+    self.emax = max(sk["expansion_ratios"])
+    wmax = max(float(w) for w in sk["width_multipliers"])
+    stem = int(sk["stem_filters"])
+    self.stem = ConvBN((3, 3, self.image_channels, stem))
+    layers = {}
+    cin = stem
+    max_channels = []
+    for i, blk in enumerate(sk["blocks"]):
+      cout = stage_channels(blk["filters"], wmax)
+      layers[f"block{i}_expand"] = ConvBN((1, 1, cin, cin * self.emax), name=f"block{i}_expand")
+      layers[f"block{i}_depthwise"] = ConvBN((self.kmax, self.kmax, cin * self.emax),
+                                             name=f"block{i}_depthwise")
+      layers[f"block{i}_project"] = ConvBN((1, 1, cin * self.emax, cout), name=f"block{i}_project")
+      max_channels.append((cin, cout))
+      cin = cout
+    self.layers = layers
+    self.max_channels = tuple(max_channels)
+    head = int(sk.get("head_filters", 0))
+    if head:
+      self.head = ConvBN((1, 1, cin, head))
+      cin = head
+    self.classifier = Classifier(cin, self.num_classes)
+
+  def _choice(self, dna: jax.Array, name: str) -> tuple[jax.Array, tuple[Any, ...]]:
+    i = self.space.names.index(name)
+    return dna[i], self.space.decisions[i].choices
+
+  def __call__(self, x: jax.Array, dna: jax.Array) -> jax.Array:
+    sk = self.space.skeleton
+    x = self.stem(x, int(sk.get("stem_stride", 1)))
+    # (index of the input width choice, possible input widths): the stem is not searched.
+    cin_idx, cin_choices = jnp.zeros((), jnp.int32), (int(sk["stem_filters"]),)
+    for i, blk in enumerate(sk["blocks"]):
+      w_idx, widths = self._choice(dna, f"stage{blk['stage']}/width")
+      cout_choices = tuple(stage_channels(blk["filters"], w) for w in widths)
+      e_idx, ratios = self._choice(dna, f"block{i}/expansion")
+      k_idx, kernels = self._choice(dna, f"block{i}/kernel")
+      block = functools.partial(self._block, i, blk, (cin_idx, cin_choices), (e_idx, ratios),
+                                (k_idx, kernels), (w_idx, cout_choices))
+      if blk["droppable"]:
+        skip, _ = self._choice(dna, f"block{i}/skip")
+        if self.executor == "switch":
+          x = lax.cond(skip == 1, lambda x: x, jax.checkpoint(lambda x: x + block(x)), x)
+        else:
+          x = x + (1 - skip).astype(x.dtype) * block(x)
+      else:
+        x = block(x)
+      cin_idx, cin_choices = w_idx, cout_choices
+    if int(sk.get("head_filters", 0)):
+      x = self.head(x)
+    return self.classifier(jnp.mean(x, axis=(1, 2)))
+
+  def _block(self, i, blk, cin, expansion, kernel, cout, x):
+    """One inverted-residual block; each argument pair is (traced choice index, static choices)."""
+    expand = self.layers[f"block{i}_expand"]
+    depthwise = self.layers[f"block{i}_depthwise"]
+    project = self.layers[f"block{i}_project"]
+    stride = int(blk["stride"])
+    cin_max, cout_max = self.max_channels[i]
+
+    def run(x, c_in, e, k, c_out, k_mask=None, hidden_mask=None, out_mask=None):
+      """The block at static sizes: exactly the child's computation on prefix slices."""
+      hidden = c_in * e
+      off = (self.kmax - k) // 2
+      h = ops.conv2d(x[..., :c_in], expand.kernel[:, :, :c_in, :hidden])
+      h = nn.relu(ops.batch_norm(h, expand.scale[:hidden], expand.bias[:hidden],
+                                 mask=hidden_mask)[0])
+      kern = depthwise.kernel[off:off + k, off:off + k, :hidden]
+      if k_mask is not None:
+        kern = kern * k_mask[:, :, None]
+      h = ops.depthwise_conv2d(h, kern, stride, self.depthwise_impl)
+      h = nn.relu(ops.batch_norm(h, depthwise.scale[:hidden], depthwise.bias[:hidden],
+                                 mask=hidden_mask)[0])
+      h = ops.conv2d(h, project.kernel[:, :, :hidden, :c_out])
+      h = ops.batch_norm(h, project.scale[:c_out], project.bias[:c_out], mask=out_mask)[0]
+      return jnp.pad(h, ((0, 0),) * 3 + ((0, cout_max - c_out),))
+
+    (cin_idx, cin_choices), (e_idx, ratios), (k_idx, kernels), (w_idx, cout_choices) = (
+        cin, expansion, kernel, cout)
+    if self.executor == "mask":
+      k_active = jnp.asarray(kernels)[k_idx]
+      r = np.abs(np.arange(self.kmax) - self.kmax // 2)
+      k_mask = ((r[:, None] <= k_active // 2) & (r[None, :] <= k_active // 2)).astype(x.dtype)
+      hidden_active = jnp.asarray(cin_choices)[cin_idx] * jnp.asarray(ratios)[e_idx]
+      hidden_mask = (jnp.arange(cin_max * self.emax) < hidden_active).astype(x.dtype)
+      out_mask = (jnp.arange(cout_max) < jnp.asarray(cout_choices)[w_idx]).astype(x.dtype)
+      return run(x, cin_max, self.emax, self.kmax, cout_max, k_mask, hidden_mask, out_mask)
+    if self.executor != "switch":
+      raise ValueError(f"unknown executor {self.executor!r}")
+    # One branch per distinct static shape; remat keeps XLA from carrying every branch's residuals.
+    combos = list(itertools.product(cin_choices, ratios, kernels, cout_choices))
+    branches = [jax.checkpoint(functools.partial(run, c_in=a, e=e, k=k, c_out=c))
+                for a, e, k, c in combos]
+    index = ((cin_idx * len(ratios) + e_idx) * len(kernels) + k_idx) * len(cout_choices) + w_idx
+    return lax.switch(index, branches, x)
+
+
+def child_variables(space: Space, variables: dict, dna) -> dict:
+  """Slices the supernet's variables down to the child `dna` (the exported child's exact shapes)."""
+  from oneshot.models.mobilenet import plan  # pylint: disable=import-outside-toplevel
+  values = space.to_values(dna)
+  blocks = plan(space.skeleton, values)
+  out: dict = {}
+  for collection, tree in variables.items():
+    out[collection] = {}
+    for name, leaves in tree.items():
+      if name.startswith("block"):
+        i = int(name[5:name.index("_")])
+        b = blocks[i]
+        if b.skip:
+          continue
+        kind = name.split("_", 1)[1]
+        sliced = {}
+        for leaf, value in leaves.items():
+          sliced[leaf] = _slice_block_leaf(kind, leaf, value, b, max(space.skeleton["kernel_sizes"]))
+        out[collection][name] = sliced
+      elif name in ("head", "classifier"):
+        cin = blocks[-1].cout if blocks else int(space.skeleton["stem_filters"])
+        out[collection][name] = {
+            leaf: (value[:, :, :cin, :] if leaf == "kernel" and value.ndim == 4 else
+                   value[:cin] if leaf == "kernel" and name == "classifier" else value)
+            for leaf, value in leaves.items()}
+      else:
+        out[collection][name] = dict(leaves)
+  return out
+
+
+def _slice_block_leaf(kind, leaf, value, b, kmax):
+  if kind == "expand":
+    return value[:, :, :b.cin, :b.hidden] if leaf == "kernel" else value[:b.hidden]
+  if kind == "depthwise":
+    off = (kmax - b.kernel) // 2
+    if leaf == "kernel":
+      return value[off:off + b.kernel, off:off + b.kernel, :b.hidden]
+    return value[:b.hidden]
+  return value[:, :, :b.hidden, :b.cout] if leaf == "kernel" else value[:b.cout]
