@@ -12,19 +12,12 @@ from spaces.core import Space
 def registry() -> dict[str, type[Controller]]:
   """Name -> controller class. Imported lazily so `import controllers` stays cheap."""
   # pylint: disable=import-outside-toplevel
+  from controllers.enas import EnasController
+  from controllers.evolution import EvolutionController
   from controllers.random import RandomController
   from controllers.tunas import TunasController
-  found: dict[str, type[Controller]] = {"random": RandomController, "tunas": TunasController}
-  try:
-    from controllers.enas import EnasController
-    found["enas"] = EnasController
-  except ImportError:
-    pass
-  try:
-    from controllers.evolution import EvolutionController
-    found["evolution"] = EvolutionController
-  except ImportError:
-    pass
+  found: dict[str, type[Controller]] = {"random": RandomController, "tunas": TunasController,
+                                        "enas": EnasController, "evolution": EvolutionController}
   return found
 
 

@@ -1,8 +1,12 @@
 """TuNAS controller: independent categorical logits per decision, trained with REINFORCE.
 
-Follows Bender et al. 2020: the baseline is an EMA (0.95) of the cross-device mean reward; Adam with
-beta1 = 0 (momentum hurts a non-stationary policy gradient); learning rate 0 for the first 25% of
-controller steps so the shared weights warm up under a uniform policy first.
+Follows Bender et al. 2020 and its released code (google-research/tunas): the baseline is a zero-debiased
+EMA (momentum 0.95) of the cross-device mean reward, updated with the current step's reward before the
+advantage is taken; Adam with beta1 = 0 (momentum hurts a non-stationary policy gradient), beta2 = 0.999,
+eps = 1e-8; learning rate 0 for the first 25% of controller steps, so the shared weights warm up under the
+uniform policy first; the exported architecture is the per-decision argmax (`Controller.best`).
+Optional: the released code also grows the learning rate 10x over the search (`lr_growth`, off by default
+since the paper does not describe it).
 """
 
 from __future__ import annotations
@@ -18,6 +22,21 @@ from controllers.base import Controller, State, decision_mask
 from controllers.random import sample_factorized
 from spaces.core import Space
 
+# Finite stand-in for -inf in the loss: a -inf logit gives 0 * -inf = NaN in the entropy and its gradient
+# (jnp.where does not stop a NaN gradient), which poisoned every decision shorter than max_choices.
+_NEG = -1e9
+
+
+def debiased_ema(state: State, value: jax.Array, decay: float) -> tuple[jax.Array, jax.Array]:
+  """(estimate, new weight) of a zero-debiased EMA: numerator / (1 - decay^t), as TuNAS's baseline.
+
+  Unlike starting at 0 (ENAS) it is on the reward's scale from the first step; unlike starting at the
+  first reward it does not let one noisy sample dominate the next ~1/(1-decay) steps.
+  """
+  weight = decay * state["baseline_weight"] + (1 - decay)
+  numerator = decay * state["baseline"] * state["baseline_weight"] + (1 - decay) * value
+  return numerator / weight, weight
+
 
 class TunasController(Controller):
   """Factorized-logit REINFORCE with an EMA baseline and an optional entropy bonus."""
@@ -27,45 +46,45 @@ class TunasController(Controller):
   def __init__(self, space: Space, config: Mapping[str, Any] | None = None):
     super().__init__(space, config)
     c = self.config
-    num_steps = int(c.get("num_steps", 1000))
+    num_steps = max(1, int(c.get("num_steps", 1000)))
     warmup = int(round(float(c.get("warmup_fraction", 0.25)) * num_steps))
     lr = float(c.get("learning_rate", 0.05))
-    schedule = optax.join_schedules([optax.constant_schedule(0.0), optax.constant_schedule(lr)],
-                                    [warmup])
-    self.optimizer = optax.adam(schedule, b1=float(c.get("adam_beta1", 0.0)))
+    growth = float(c.get("lr_growth", 1.0))
+    # 0 during warm-up, then lr * growth^progress (TuNAS code: growth 10, progress 0 -> 1 to the end).
+    ramp = lambda t: lr * growth ** jnp.clip(t / max(1, num_steps - warmup), 0.0, 1.0)
+    schedule = optax.join_schedules([optax.constant_schedule(0.0), ramp], [warmup])
+    self.optimizer = optax.adam(schedule, b1=float(c.get("adam_beta1", 0.0)), b2=0.999, eps=1e-8)
     self.baseline_decay = float(c.get("baseline_decay", 0.95))
     self.entropy_weight = float(c.get("entropy_weight", 0.0))
     self.mask = jnp.asarray(decision_mask(space))
+    self.valid = jnp.asarray(space.choice_mask())
     self._update = jax.jit(self._update_impl)
 
   def init(self, key: jax.Array) -> State:
     del key
     logits = jnp.zeros(self.mask.shape, jnp.float32)
     return {"logits": logits, "opt_state": self.optimizer.init(logits),
-            "baseline": jnp.zeros((), jnp.float32), "step": jnp.zeros((), jnp.int32)}
+            "baseline": jnp.zeros((), jnp.float32), "baseline_weight": jnp.zeros((), jnp.float32),
+            "step": jnp.zeros((), jnp.int32)}
 
   def propose(self, state: State, key: jax.Array, num: int) -> np.ndarray:
     return sample_factorized(key, state["logits"] + self.mask, num)
 
   def _update_impl(self, state, dnas, rewards):
-    mean_reward = rewards.mean()
-    # First step: start the baseline at the observed reward instead of 0, so early advantages are sane.
-    baseline = jnp.where(state["step"] == 0, mean_reward,
-                         self.baseline_decay * state["baseline"]
-                         + (1 - self.baseline_decay) * mean_reward)
+    mean_reward = rewards.mean()  # each row stands for one device's sample: the cross-device mean
+    baseline, weight = debiased_ema(state, mean_reward, self.baseline_decay)
     advantage = rewards - baseline
 
     def loss_fn(logits):
-      logp = jax.nn.log_softmax(logits + self.mask, axis=-1)
+      logp = jax.nn.log_softmax(jnp.where(self.valid, logits, _NEG), axis=-1)
       chosen = jnp.take_along_axis(logp[None], dnas[:, :, None], axis=-1)[..., 0].sum(-1)
-      p = jnp.exp(logp)
-      entropy = -jnp.sum(jnp.where(p > 0, p * logp, 0.0))
+      entropy = -jnp.sum(jnp.where(self.valid, jnp.exp(logp) * logp, 0.0))
       return -(advantage * chosen).mean() - self.entropy_weight * entropy, entropy
 
     (loss, entropy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["logits"])
     updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["logits"])
     new = {"logits": optax.apply_updates(state["logits"], updates), "opt_state": opt_state,
-           "baseline": baseline, "step": state["step"] + 1}
+           "baseline": baseline, "baseline_weight": weight, "step": state["step"] + 1}
     return new, {"controller_loss": loss, "entropy": entropy, "baseline": baseline,
                  "reward": mean_reward}
 
