@@ -23,7 +23,7 @@ class RandomController(Controller):
     return sample_factorized(key, jnp.asarray(decision_mask(self.space)), num)
 
   def feedback(self, state, dnas, rewards):
-    return {"step": state["step"] + 1}, {"reward": float(np.mean(rewards))}
+    return {"step": np.asarray(state["step"] + 1, np.int32)}, {"reward": float(np.mean(rewards))}
 
   def probabilities(self, state: State) -> np.ndarray:
     mask = self.space.choice_mask()

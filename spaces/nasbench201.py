@@ -58,7 +58,9 @@ class NasBench201Space(Space):
 
 def build(config: Mapping[str, Any]) -> Space:
   decisions = tuple(Decision(f"edge({dst}<-{src})", OPS) for dst, src in EDGES)
-  skeleton = dict(channels=int(config["channels"]), cells_per_stage=int(config["cells_per_stage"]))
+  # Defaults are NAS-Bench-201's CIFAR skeleton (C=16, N=5); digits configs set smaller ones.
+  skeleton = dict(channels=int(config.get("channels", 16)),
+                  cells_per_stage=int(config.get("cells_per_stage", 5)))
   return NasBench201Space("nasbench201", decisions, skeleton)
 
 

@@ -36,14 +36,7 @@ def _train(controller, state, steps: int, batch: int, seed: int = 0):
   return state, metrics
 
 
-# RandomController.feedback returns state["step"] + 1, a numpy scalar rather than an array, which orbax
-# refuses to save; fix in controllers/random.py (np.asarray(..., np.int32)), then drop this marker.
-_RANDOM_STEP_BUG = pytest.mark.xfail(strict=True, raises=ValueError,
-                                     reason="random.py: feedback state holds a numpy scalar")
-
-
-@pytest.mark.parametrize("name", [pytest.param("random", marks=_RANDOM_STEP_BUG), "tunas", "enas",
-                                  "evolution"])
+@pytest.mark.parametrize("name", ["random", "tunas", "enas", "evolution"])
 def test_checkpoint_round_trip_keeps_proposals(name, tmp_path):
   controller = controllers.build(name, MIXED, CONFIGS[name])
   state = controller.init(jax.random.PRNGKey(0))

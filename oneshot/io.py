@@ -1,0 +1,98 @@
+"""Files a run writes: never half-written (temp file + rename), and a metrics log that survives resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, TextIO
+
+from oneshot.errors import UserError
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes `obj` to `path` atomically: readers see the old file or the new one, never a prefix."""
+  write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_default) + "\n")
+
+
+def write_text(path: str, text: str) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except OSError as e:
+    raise UserError(f"cannot write {path}: {e.strerror}; check that the directory is writable and "
+                    "the disk is not full") from None
+
+
+def _default(value: Any) -> Any:
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def ensure_workdir(path: str) -> str:
+  """Creates the workdir, or says in one line why it cannot be used."""
+  path = os.path.abspath(os.path.expanduser(path))
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create workdir {path}: {e.strerror}; pick a writable --workdir") from None
+  if not os.access(path, os.W_OK):
+    raise UserError(f"workdir {path} is not writable; pick a writable --workdir")
+  return path
+
+
+class MetricsLog:
+  """`metrics.jsonl`: one JSON object per logged step; on resume, rows past the restored step are dropped
+  so the file reads as one uninterrupted run."""
+
+  def __init__(self, path: str, resume_step: int):
+    self.path = path
+    rows = []
+    if os.path.exists(path):
+      with open(path) as f:
+        for line in f:
+          try:
+            row = json.loads(line)
+          except json.JSONDecodeError:
+            break  # a line cut by a kill: drop it and everything after
+          if row.get("step", 0) <= resume_step:
+            rows.append(line if line.endswith("\n") else line + "\n")
+    write_text(path, "".join(rows))
+    self._file: TextIO = open(path, "a")
+
+  def write(self, row: dict) -> None:
+    self._file.write(json.dumps(row, default=_default) + "\n")
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
+class Progress:
+  """A one-line progress bar on a terminal; plain log lines every `every` steps otherwise."""
+
+  def __init__(self, total: int, every: int, stream: TextIO = sys.stderr):
+    self.total, self.every, self.stream = total, max(1, every), stream
+    self.tty = stream.isatty()
+    self.start = time.time()
+
+  def update(self, step: int, text: str) -> None:
+    if self.tty:
+      width = 30
+      done = int(width * step / max(1, self.total))
+      self.stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {step}/{self.total} {text}  ")
+      self.stream.flush()
+    elif step % self.every == 0 or step == self.total:
+      self.stream.write(f"step {step}/{self.total} {text}\n")
+      self.stream.flush()
+
+  def close(self) -> None:
+    if self.tty:
+      self.stream.write("\n")

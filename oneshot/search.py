@@ -1,0 +1,201 @@
+"""`oneshot search`: train a weight-sharing supernet and search it with a controller, resumably.
+
+Per step: every device samples its own path (uniform during the first `uniform_fraction` of steps,
+then from the controller), the supernet takes one SGD step on the train batch with the per-path gradients
+averaged; then the controller proposes fresh paths, each device scores its path's accuracy on its shard
+of a (larger) validation batch, and the controller learns from those rewards (TuNAS/ENAS alternation).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Sequence
+
+import jax
+import numpy as np
+from absl import flags
+
+from launch import distributed
+from oneshot import checkpoint, configuration, io, session as session_lib, steps
+from oneshot.errors import UserError
+
+
+def main(argv: Sequence[str]) -> int:
+  def define(fv):
+    flags.DEFINE_string("workdir", None, "Output directory; an existing one is resumed.",
+                        flag_values=fv, required=False)
+  fv = configuration.parse_flags(argv, define, command="search", config_required=False)
+  if not fv.workdir:
+    raise UserError("--workdir is required, e.g. --workdir workdirs/digits")
+  result = run(fv.config, fv.workdir)
+  if result is None:
+    return 0
+  print(f"searched {result['space']} architecture {result['string']}: validation accuracy "
+        f"{result['reward']:.4f} after {result['steps']} steps ({result['wall_seconds']:.0f} s); "
+        f"wrote {os.path.join(fv.workdir, 'search_result.json')}")
+  return 0
+
+
+class _StopRequest:
+  """SIGTERM (preemption) -> finish the current step, checkpoint, exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. a test runner thread): no handler
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
+  """Runs (or resumes) the search; returns the result dict, or None if stopped before the end.
+
+  `stop_after` ends the run after that many steps (as a preemption would), for resume tests.
+  """
+  distributed.maybe_initialize()
+  sess = session_lib.build(config)  # validates every name before anything is written
+  workdir = io.ensure_workdir(workdir)
+  primary = distributed.is_primary()
+  t = config.train
+  tx = steps.make_optimizer(config)
+  mngr = checkpoint.manager(workdir)
+  state = sess.initial_state(tx)
+  restored = checkpoint.restore_latest(mngr, state)
+  if restored is not None:
+    state = restored[1]
+    print(f"resuming {workdir} from step {int(state['step'])}", file=sys.stderr)
+  elif primary:
+    io.write_text(os.path.join(workdir, "config.json"), configuration.to_json(config))
+  start = int(state["step"])
+  state["params"] = steps.replicate(sess.mesh, state["params"])
+  state["opt_state"] = steps.replicate(sess.mesh, state["opt_state"])
+
+  train_step = steps.make_train_step(sess.model, tx, sess.mesh, sess.frozen)
+  reward_step = steps.make_reward_step(sess.model, sess.mesh, sess.frozen)
+  n, pid, pcount = sess.num_devices, jax.process_index(), jax.process_count()
+  uniform_steps = int(t.num_steps * t.uniform_fraction)
+  from controllers.random import RandomController  # pylint: disable=import-outside-toplevel
+  uniform = RandomController(sess.space)
+  key = jax.random.wrap_key_data(np.asarray(state["key"]))
+  metrics_log = io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start) if primary else None
+  history = _load_history(workdir, start) if primary else []
+  progress = io.Progress(t.num_steps, t.log_every)
+  wall_start = time.time() - float(_previous_wall(workdir))
+  nonfinite = 0
+  step = start
+  with _StopRequest() as stop:
+    try:
+      for step in range(start, t.num_steps):
+        tic = time.time()
+        step_key = jax.random.fold_in(key, step)
+        k_train, k_reward = jax.random.split(step_key)
+        sampler = uniform if step < uniform_steps else sess.controller
+        paths = sampler.propose(state["controller"] if sampler is sess.controller else
+                                uniform.init(k_train), k_train, n)
+        batch = sess.dataset.batch("train", step, t.batch_size, config.seed,
+                                   process_index=pid, process_count=pcount)
+        state["params"], state["opt_state"], m = train_step(
+            state["params"], state["opt_state"], steps.shard_batch(sess.mesh, batch),
+            steps.shard_paths(sess.mesh, paths))
+        nonfinite = 0 if int(m["finite"]) else nonfinite + 1
+        if nonfinite >= t.max_nonfinite_steps:
+          raise UserError(f"{nonfinite} consecutive steps had a NaN/Inf loss at step {step}; lower "
+                          "--config.train.learning_rate (the last good checkpoint is kept)")
+        # Controller update on a validation batch, with paths from the controller itself.
+        reward_paths = sess.controller.propose(state["controller"], k_reward, n)
+        reward_batch = sess.dataset.batch("validation", step, t.reward_batch_size, config.seed,
+                                          process_index=pid, process_count=pcount)
+        rewards = np.asarray(reward_step(state["params"], steps.shard_batch(sess.mesh, reward_batch),
+                                         steps.shard_paths(sess.mesh, reward_paths)))
+        state["controller"], cm = sess.controller.feedback(state["controller"], reward_paths, rewards)
+        state["step"] = np.asarray(step + 1, np.int32)
+        seconds = time.time() - tic
+        row = {"step": step + 1, "loss": float(m["loss"]), "accuracy": float(m["accuracy"]),
+               "mean_reward": float(rewards.mean()),
+               "controller_entropy": float(sess.controller.entropy(state["controller"])),
+               "nonfinite": int(1 - int(m["finite"])), "step_seconds": seconds}
+        if primary and ((step + 1) % t.log_every == 0 or step + 1 == t.num_steps):
+          metrics_log.write(row)
+          history.append({"step": step + 1, "probabilities":
+                          sess.controller.probabilities(state["controller"]).tolist()})
+        progress.update(step + 1, f"loss {row['loss']:.3f} acc {row['accuracy']:.3f} "
+                                  f"reward {row['mean_reward']:.3f}")
+        done = step + 1
+        if done % t.checkpoint_every == 0 or done == t.num_steps:
+          _save(mngr, state, workdir, history, wall_start, primary)
+        if stop.requested or (stop_after is not None and done - start >= stop_after):
+          if done % t.checkpoint_every:
+            _save(mngr, state, workdir, history, wall_start, primary)
+          progress.close()
+          print(f"stopped at step {done} and checkpointed; run the same command to resume",
+                file=sys.stderr)
+          return None
+    except KeyboardInterrupt:
+      progress.close()
+      raise
+    finally:
+      if metrics_log is not None:
+        metrics_log.close()
+  progress.close()
+  return _finish(sess, state, workdir, history, wall_start, primary)
+
+
+def _save(mngr, state, workdir, history, wall_start, primary) -> None:
+  checkpoint.save(mngr, int(state["step"]), state)
+  if primary:
+    io.write_json(os.path.join(workdir, "controller_history.json"),
+                  {"wall_seconds": time.time() - wall_start, "history": history})
+
+
+def _load_history(workdir: str, start: int) -> list:
+  import json  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, "controller_history.json")
+  if start == 0 or not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [h for h in json.load(f)["history"] if h["step"] <= start]
+
+
+def _previous_wall(workdir: str) -> float:
+  import json  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, "controller_history.json")
+  if not os.path.exists(path):
+    return 0.0
+  with open(path) as f:
+    return float(json.load(f).get("wall_seconds", 0.0))
+
+
+def _finish(sess, state, workdir, history, wall_start, primary) -> dict:
+  """The controller's answer, scored on the whole validation split with the trained weights."""
+  dna = sess.controller.best(state["controller"])
+  reward = session_lib.evaluate(sess, state["params"], dna)
+  probs = sess.controller.probabilities(state["controller"])
+  result = {**sess.space.to_json(dna), "reward": reward,
+            "controller": {d.name: [float(p) for p in probs[i, :d.num_choices]]
+                           for i, d in enumerate(sess.space.decisions)},
+            "controller_name": sess.config.controller.name,
+            "steps": int(state["step"]), "wall_seconds": time.time() - wall_start,
+            "num_devices": sess.num_devices}
+  if primary:
+    io.write_json(os.path.join(workdir, "search_result.json"), result)
+    try:
+      from oneshot import plots  # pylint: disable=import-outside-toplevel
+      plots.controller_plot(sess.space, history, os.path.join(workdir, "controller.png"))
+    except ImportError:
+      pass
+  return result

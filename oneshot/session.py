@@ -1,0 +1,127 @@
+"""Everything a search, export, rank or co-search run needs, built from one config.
+
+Validates every name in the config (space, controller, executor, dataset) before anything is written,
+so bad input fails with one line and an untouched workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import controllers
+import spaces
+from oneshot import checkpoint, data, steps, supernet
+from oneshot.errors import UserError
+from spaces.core import Space
+
+
+@dataclasses.dataclass
+class Session:
+  config: ml_collections.ConfigDict
+  space: Space
+  dataset: data.Dataset
+  model: Any
+  controller: controllers.Controller
+  mesh: Any
+  frozen: dict          # supernet collections that are not trained (batch_stats)
+  initial_params: Any
+
+  @property
+  def num_devices(self) -> int:
+    return self.mesh.devices.size
+
+  def initial_state(self, tx) -> dict:
+    """The full search state pytree, as checkpointed."""
+    key = jax.random.PRNGKey(self.config.seed)
+    return {"params": self.initial_params, "opt_state": tx.init(self.initial_params),
+            "controller": self.controller.init(jax.random.fold_in(key, 1)),
+            "key": jax.random.key_data(jax.random.fold_in(key, 2)),
+            "step": np.zeros((), np.int32)}
+
+  def variables(self, params) -> dict:
+    return {"params": params, **self.frozen}
+
+
+def controller_config(config: ml_collections.ConfigDict) -> dict:
+  """Controller hyperparameters plus the number of controller updates the search will make."""
+  c = config.controller.to_dict()
+  t = config.train
+  c["num_steps"] = max(1, int(t.num_steps - int(t.num_steps * t.uniform_fraction)))
+  return c
+
+
+def build(config: ml_collections.ConfigDict) -> Session:
+  space = spaces.build(config.space)
+  supernet.resolve_executor(config.supernet.executor)
+  supernet.resolve_depthwise(config.supernet.depthwise)
+  controller = controllers.build(config.controller.name, space, controller_config(config))
+  _check_positive(config)
+  dataset = data.load(config.dataset)
+  mesh = steps.make_mesh(int(config.get("num_devices", 0)))
+  n = mesh.devices.size
+  for name in ("batch_size", "reward_batch_size"):
+    if config.train[name] % n:
+      raise UserError(f"--config.train.{name}={config.train[name]} must be a multiple of the "
+                      f"{n} devices")
+  model = supernet.build(space, dataset.num_classes, dataset.image_shape[-1],
+                         config.supernet.executor, config.supernet.depthwise)
+  dummy = jnp.zeros((1,) + tuple(dataset.image_shape), jnp.float32)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(config.seed),
+                                  dummy, jnp.zeros(space.num_decisions, jnp.int32))
+  params = variables.pop("params")
+  return Session(config=config, space=space, dataset=dataset, model=model, controller=controller,
+                 mesh=mesh, frozen=steps.replicate(mesh, dict(variables)),
+                 initial_params=steps.replicate(mesh, params))
+
+
+def _check_positive(config) -> None:
+  for name in ("num_steps", "batch_size", "reward_batch_size", "eval_batch_size"):
+    if int(config.train[name]) <= 0:
+      raise UserError(f"--config.train.{name} must be positive, got {config.train[name]}")
+
+
+def evaluate(session: Session, params, dna, split: str = "validation") -> float:
+  """Accuracy of the path `dna` on a whole split, with batch-statistics BN (as in the search)."""
+  eval_step = _eval_step(session)
+  n = session.num_devices
+  batch_size = -(-int(session.config.train.eval_batch_size) // n) * n
+  paths = steps.shard_paths(session.mesh, np.tile(np.asarray(dna, np.int32), (n, 1)))
+  correct = total = 0.0
+  for batch in session.dataset.iterate(split, batch_size, process_index=jax.process_index(),
+                                       process_count=jax.process_count()):
+    c, t = eval_step(params, steps.shard_batch(session.mesh, batch), paths)
+    correct, total = correct + float(c), total + float(t)
+  return correct / max(total, 1.0)
+
+
+def _eval_step(session: Session):
+  if not hasattr(session, "_eval"):
+    session._eval = steps.make_eval_step(session.model, session.mesh, session.frozen)  # pylint: disable=protected-access
+  return session._eval  # pylint: disable=protected-access
+
+
+def load_search_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise UserError(f"{workdir} has no config.json; it is not a search workdir (run `oneshot search "
+                    f"--workdir {workdir}` first)")
+  with open(path) as f:
+    from oneshot.configuration import from_json  # pylint: disable=import-outside-toplevel
+    return from_json(f.read())
+
+
+def restore_params(session: Session, workdir: str):
+  """The trained supernet params of a finished or interrupted search in `workdir`."""
+  mngr = checkpoint.require_checkpoint(workdir)
+  tx = steps.make_optimizer(session.config)
+  restored = checkpoint.restore_latest(mngr, session.initial_state(tx))
+  if restored is None:
+    raise UserError(f"no readable checkpoint in {workdir}/checkpoints; re-run the search")
+  return restored[1]

@@ -1,0 +1,133 @@
+"""Data-parallel supernet steps on a device mesh: the modern form of TuNAS's pmapped supernet.
+
+`jax.shard_map` over a 1-D mesh axis 'data': each device takes its shard of the batch and its own path
+(a row of `paths`), gradients are averaged with `lax.pmean`, so every device applies the same update.
+With one path for all devices this is exactly the 1-device step on the whole batch; with different
+paths it is the mean of the per-path gradients (both tested).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+AXIS = "data"
+
+
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+  """A 1-D 'data' mesh over the first `num_devices` devices (0: all of them, every process's)."""
+  n = num_devices or jax.device_count()
+  if n > jax.device_count():
+    from oneshot.errors import UserError  # pylint: disable=import-outside-toplevel
+    raise UserError(f"--config.num_devices={n} but only {jax.device_count()} devices are visible; "
+                    "use 0 for all")
+  devices = jax.devices()[:n]
+  return jax.sharding.Mesh(np.asarray(devices), (AXIS,))
+
+
+def shard_batch(mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """This process's slice of the global batch -> global arrays split over 'data'."""
+  sharding = NamedSharding(mesh, P(AXIS))
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def shard_paths(mesh, paths: np.ndarray) -> jax.Array:
+  """[num_devices, D] paths (identical on every process) -> one row per device."""
+  sharding = NamedSharding(mesh, P(AXIS))
+  return jax.make_array_from_callback(paths.shape, sharding, lambda idx: paths[idx])
+
+
+def replicate(mesh, tree: Any) -> Any:
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  t = config.train
+  schedule = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps,
+                                                max(t.num_steps, t.warmup_steps + 1))
+  return optax.chain(optax.add_decayed_weights(t.weight_decay),
+                     optax.sgd(schedule, momentum=t.momentum, nesterov=True))
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh,
+                    frozen: dict) -> Callable:
+  """(params, opt_state, batch, paths) -> (params, opt_state, metrics).
+
+  A step whose loss is NaN/Inf leaves params and optimizer state unchanged and reports `finite=0`.
+  `frozen` holds the non-trained collections (the supernet's unused batch_stats).
+  """
+
+  def per_device(params, opt_state, image, label, path):
+    def loss_fn(p):
+      logits = model.apply({"params": p, **frozen}, image, path[0])
+      loss = cross_entropy(logits, label).mean()
+      return loss, (logits.argmax(-1) == label).mean()
+
+    (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    grads = lax.pmean(grads, AXIS)
+    loss, accuracy = lax.pmean(loss, AXIS), lax.pmean(accuracy, AXIS)
+    updates, new_opt = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    metrics = {"loss": loss, "accuracy": accuracy, "finite": finite.astype(jnp.int32)}
+    return keep(new_params, params), keep(new_opt, opt_state), metrics
+
+  step = jax.shard_map(per_device, mesh=mesh,
+                       in_specs=(P(), P(), P(AXIS), P(AXIS), P(AXIS)),
+                       out_specs=(P(), P(), P()), check_vma=False)
+
+  @jax.jit
+  def train_step(params, opt_state, batch, paths):
+    return step(params, opt_state, batch["image"], batch["label"], paths)
+
+  return train_step
+
+
+def make_reward_step(model: nn.Module, mesh, frozen: dict) -> Callable:
+  """(params, batch, paths) -> per-device accuracy [num_devices] of each device's own path, replicated
+  on every process (all_gather) so every host's controller sees the same rewards."""
+
+  def per_device(params, image, label, path):
+    logits = model.apply({"params": params, **frozen}, image, path[0])
+    accuracy = (logits.argmax(-1) == label).mean()
+    return lax.all_gather(accuracy, AXIS)
+
+  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)),
+                       out_specs=P(), check_vma=False)
+
+  @jax.jit
+  def reward_step(params, batch, paths):
+    return step(params, batch["image"], batch["label"], paths)
+
+  return reward_step
+
+
+def make_eval_step(model: nn.Module, mesh, frozen: dict) -> Callable:
+  """(params, batch with mask, paths) -> (correct, count) summed over real rows of all devices."""
+
+  def per_device(params, image, label, mask, path):
+    logits = model.apply({"params": params, **frozen}, image, path[0])
+    correct = ((logits.argmax(-1) == label) * mask).sum()
+    return lax.psum(correct, AXIS), lax.psum(mask.sum(), AXIS)
+
+  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P(AXIS)),
+                       out_specs=(P(), P()), check_vma=False)
+
+  @jax.jit
+  def eval_step(params, batch, paths):
+    return step(params, batch["image"], batch["label"], batch["mask"], paths)
+
+  return eval_step

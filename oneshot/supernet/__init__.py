@@ -1,0 +1,77 @@
+"""Supernets: one weight tree per space that runs any DNA, plus the executor choice per platform."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+
+from oneshot.errors import UserError
+from oneshot.models import ops
+from spaces.core import Space
+
+EXECUTORS = ("auto", "switch", "mask")
+
+# Measured by benchmarks/step_time.py (supernet grad step / standalone child grad step, digits, batch 64,
+# XLA:CPU, 2 cores): switch with rematerialised branches 0.6-1.3x, mask 2.4-9.6x. On TPU/GPU conditionals
+# are cheap and switch runs only the chosen path (TuNAS's own TPU code also masks; re-measure there with
+# the same script before changing this table).
+AUTO_EXECUTOR = {"cpu": "switch", "gpu": "switch", "cuda": "switch", "rocm": "switch", "tpu": "switch"}
+
+
+def resolve_executor(name: str, platform: str | None = None) -> str:
+  if name not in EXECUTORS:
+    raise UserError(f"unknown executor {name!r}; set --config.supernet.executor to one of "
+                    f"{list(EXECUTORS)}")
+  if name != "auto":
+    return name
+  return AUTO_EXECUTOR.get(platform or jax.default_backend(), "switch")
+
+
+def resolve_depthwise(name: str, platform: str | None = None) -> str:
+  if name == "auto":
+    return "shift" if (platform or jax.default_backend()) == "cpu" else "xla"
+  if name not in ("shift", "xla"):
+    raise UserError(f"unknown depthwise implementation {name!r}; set "
+                    "--config.supernet.depthwise to one of ['auto', 'shift', 'xla']")
+  return name
+
+
+def _modules(space_name: str) -> tuple[type, Callable, type]:
+  # pylint: disable=import-outside-toplevel
+  if space_name == "mobilenet":
+    from oneshot.models.mobilenet import MobileNet
+    from oneshot.supernet.mobilenet import MobileNetSupernet, child_variables
+    return MobileNetSupernet, child_variables, MobileNet
+  if space_name == "nasbench201":
+    from oneshot.models.nasbench201 import NasBench201
+    from oneshot.supernet.nasbench201 import NasBench201Supernet, child_variables
+    return NasBench201Supernet, child_variables, NasBench201
+  raise UserError(f"space {space_name!r} has no supernet; use mobilenet or nasbench201")
+
+
+def build(space: Space, num_classes: int, image_channels: int, executor: str = "auto",
+          depthwise: str = "auto") -> nn.Module:
+  supernet_cls, _, _ = _modules(space.name)
+  return supernet_cls(space, num_classes, image_channels, resolve_executor(executor),
+                      resolve_depthwise(depthwise))
+
+
+def child_variables(space: Space, variables: dict, dna: Any) -> dict:
+  """The supernet's variables sliced to the child `dna`: exactly the child model's tree."""
+  return _modules(space.name)[1](space, variables, space.validate(dna))
+
+
+def child_model(space: Space, dna: Any, num_classes: int, image_channels: int,
+                depthwise: str = "auto") -> nn.Module:
+  """The standalone child network of `dna` (no supernet code on its forward path)."""
+  cls = _modules(space.name)[2]
+  kwargs = dict(skeleton=dict(space.skeleton), values=space.to_values(dna),
+                num_classes=num_classes, image_channels=image_channels)
+  if space.name == "mobilenet":
+    kwargs["depthwise_impl"] = resolve_depthwise(depthwise)
+  return cls(**kwargs)
+
+
+__all__ = ["build", "child_model", "child_variables", "resolve_executor", "ops"]
