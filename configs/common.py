@@ -19,6 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.supernet = ml_collections.ConfigDict()
   c.supernet.executor = "auto"      # auto | switch | mask (see oneshot/supernet/__init__.py)
   c.supernet.depthwise = "auto"     # auto | shift | xla (see oneshot/models/ops.py)
+  c.supernet.sync_batch_norm = False  # TuNAS: each device normalises with its own path's statistics
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 300

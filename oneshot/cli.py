@@ -50,3 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  entry()

@@ -85,7 +85,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
   state["params"] = steps.replicate(sess.mesh, state["params"])
   state["opt_state"] = steps.replicate(sess.mesh, state["opt_state"])
 
-  train_step = steps.make_train_step(sess.model, tx, sess.mesh, sess.frozen)
+  train_step = steps.make_train_step(sess.model, tx, sess.mesh, sess.frozen,
+                                     bool(config.supernet.get("sync_batch_norm", False)))
   reward_step = steps.make_reward_step(sess.model, sess.mesh, sess.frozen)
   n, pid, pcount = sess.num_devices, jax.process_index(), jax.process_count()
   uniform_steps = int(t.num_steps * t.uniform_fraction)

@@ -18,6 +18,8 @@ import optax
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from oneshot.models import ops
+
 AXIS = "data"
 
 
@@ -61,7 +63,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh,
-                    frozen: dict) -> Callable:
+                    frozen: dict, sync_batch_norm: bool = False) -> Callable:
   """(params, opt_state, batch, paths) -> (params, opt_state, metrics).
 
   A step whose loss is NaN/Inf leaves params and optimizer state unchanged and reports `finite=0`.
@@ -70,7 +72,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh,
 
   def per_device(params, opt_state, image, label, path):
     def loss_fn(p):
-      logits = model.apply({"params": p, **frozen}, image, path[0])
+      with ops.batch_stats_axis(AXIS if sync_batch_norm else None):
+        logits = model.apply({"params": p, **frozen}, image, path[0])
       loss = cross_entropy(logits, label).mean()
       return loss, (logits.argmax(-1) == label).mean()
 

@@ -13,7 +13,9 @@ numbers (tested to 1e-5). The one op with two implementations is the depthwise c
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -105,6 +107,23 @@ def _depthwise_shift_bwd(res, g):
 _depthwise_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)
 
 
+_BN_AXIS: list[str | None] = [None]
+
+
+@contextlib.contextmanager
+def batch_stats_axis(axis_name: str | None) -> Iterator[None]:
+  """While tracing inside it, batch statistics are averaged over mesh axis `axis_name` (sync BN).
+
+  Off by default: TuNAS normalises each core's shard with its own path's statistics. On, a step whose
+  devices all run one path equals the single-device step on the whole batch exactly.
+  """
+  _BN_AXIS.append(axis_name)
+  try:
+    yield
+  finally:
+    _BN_AXIS.pop()
+
+
 def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array,
                mean: jax.Array | None = None, var: jax.Array | None = None,
                mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -116,7 +135,11 @@ def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array,
   if mean is None:
     axes = tuple(range(x.ndim - 1))
     mean = x.mean(axes)
+    if _BN_AXIS[-1] is not None:
+      mean = lax.pmean(mean, _BN_AXIS[-1])
     var = jnp.square(x - mean).mean(axes)
+    if _BN_AXIS[-1] is not None:
+      var = lax.pmean(var, _BN_AXIS[-1])
   y = (x - mean) * lax.rsqrt(var + BN_EPSILON) * scale + bias
   if mask is not None:
     y = y * mask

@@ -174,11 +174,12 @@ def child_variables(space: Space, variables: dict, dna) -> dict:
         for leaf, value in leaves.items():
           sliced[leaf] = _slice_block_leaf(kind, leaf, value, b, max(space.skeleton["kernel_sizes"]))
         out[collection][name] = sliced
-      elif name in ("head", "classifier"):
+      elif name == "head" or (name == "classifier" and not space.skeleton.get("head_filters")):
+        # The layer that reads the last block's (width-searched) channels: slice its input rows.
         cin = blocks[-1].cout if blocks else int(space.skeleton["stem_filters"])
         out[collection][name] = {
             leaf: (value[:, :, :cin, :] if leaf == "kernel" and value.ndim == 4 else
-                   value[:cin] if leaf == "kernel" and name == "classifier" else value)
+                   value[:cin] if leaf == "kernel" else value)
             for leaf, value in leaves.items()}
       else:
         out[collection][name] = dict(leaves)

@@ -1,0 +1,89 @@
+"""End-to-end search on 8 CPU devices: outputs, exact resume, and one-line errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from oneshot import checkpoint, cli, search, session as session_lib, steps
+from tests.conftest import REPO, tiny_config
+
+
+def _state(workdir, config):
+  sess = session_lib.build(config)
+  return checkpoint.restore_latest(checkpoint.manager(workdir),
+                                   sess.initial_state(steps.make_optimizer(config)))[1]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  config = tiny_config()
+  result = search.run(config, workdir)
+  return workdir, config, result
+
+
+def test_search_writes_the_contracted_outputs(straight):
+  workdir, config, result = straight
+  with open(os.path.join(workdir, "search_result.json")) as f:
+    saved = json.load(f)
+  for key in ("space", "dna", "architecture", "reward", "controller", "steps", "wall_seconds"):
+    assert key in saved
+  assert saved["space"] == "mobilenet" and saved["steps"] == config.train.num_steps
+  assert isinstance(saved["dna"], list) and all(isinstance(i, int) for i in saved["dna"])
+  assert 0.0 <= saved["reward"] <= 1.0
+  assert saved["num_devices"] == 8
+  for name, probs in saved["controller"].items():
+    assert abs(sum(probs) - 1) < 1e-4, name
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["step"] for r in rows] == [2, 4, 6]
+  for key in ("loss", "accuracy", "mean_reward", "controller_entropy", "step_seconds"):
+    assert key in rows[0]
+  assert os.path.exists(os.path.join(workdir, "config.json"))
+  assert os.path.getsize(os.path.join(workdir, "controller.png")) > 1000
+
+
+def test_stop_and_resume_equals_straight_run(straight, tmp_path):
+  workdir, config, result = straight
+  resumed_dir = str(tmp_path)
+  assert search.run(config, resumed_dir, stop_after=3) is None
+  resumed = search.run(config, resumed_dir)
+  a, b = _state(workdir, config), _state(resumed_dir, config)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert resumed["dna"] == result["dna"] and resumed["reward"] == result["reward"]
+  with open(os.path.join(resumed_dir, "metrics.jsonl")) as f:
+    assert [json.loads(line)["step"] for line in f] == [2, 4, 6]
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("--config.dataset.name=no_such_dataset", "no_such_dataset"),
+    ("--config.space.name=nospace", "unknown space"),
+    ("--config.controller.name=nocontroller", "unknown controller"),
+    ("--config.supernet.executor=pmap", "unknown executor"),
+    ("--config.train.num_steps=abc", "num_steps"),
+    ("--config.no_such_field=1", "no_such_field"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(override, needle, tmp_path, capsys):
+  workdir = tmp_path / "w"
+  code = cli.main(["search", "--config", os.path.join(REPO, "configs", "digits.py"),
+                   "--workdir", str(workdir), override])
+  err = capsys.readouterr().err.strip()
+  assert code == 2
+  assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
+  assert not workdir.exists()
+
+
+def test_cli_has_no_traceback_for_bad_input_in_a_fresh_process(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "oneshot.cli", "search", "--config",
+                         os.path.join(REPO, "configs", "digits.py"), "--workdir", str(tmp_path / "w"),
+                         "--config.dataset.name=no_such_dataset"],
+                        capture_output=True, text=True, timeout=120, cwd=REPO)
+  assert proc.returncode == 2
+  assert "Traceback" not in proc.stderr
+  assert "no_such_dataset" in proc.stderr.strip().splitlines()[-1]

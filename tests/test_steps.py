@@ -1,0 +1,79 @@
+"""The shard_map step is the pmapped TuNAS step: per-device paths, pmean of gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import spaces
+from oneshot import steps, supernet
+
+CONFIG = dict(name="mobilenet", stem_filters=8, stem_stride=1, stages=((8, 1, 1), (8, 2, 2)),
+              kernel_sizes=(3, 5), expansion_ratios=(2, 3), width_multipliers=(0.5, 1.0),
+              allow_skip=True)
+SPACE = spaces.build(CONFIG)
+B = 32
+
+
+@pytest.fixture(scope="module")
+def setup():
+  assert jax.device_count() == 8, "conftest sets 8 CPU devices"
+  model = supernet.build(SPACE, 10, 1, "mask", "shift")
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(B, 8, 8, 1)).astype(np.float32),
+           "label": rng.integers(0, 10, B).astype(np.int32)}
+  variables = model.init(jax.random.PRNGKey(0), jnp.asarray(batch["image"][:1]),
+                         jnp.zeros(SPACE.num_decisions, jnp.int32))
+  params = variables.pop("params")
+  return model, params, dict(variables), batch
+
+
+def _step(model, params, frozen, batch, paths, num_devices, sync=False):
+  mesh = steps.make_mesh(num_devices)
+  tx = optax.sgd(1.0)
+  step = steps.make_train_step(model, tx, mesh, steps.replicate(mesh, frozen), sync)
+  params_r = steps.replicate(mesh, params)
+  new, _, metrics = step(params_r, steps.replicate(mesh, tx.init(params)),
+                         steps.shard_batch(mesh, batch), steps.shard_paths(mesh, paths))
+  return new, metrics
+
+
+def test_same_path_on_8_devices_equals_one_device_on_whole_batch(setup):
+  model, params, frozen, batch = setup
+  dna = np.asarray(SPACE.sample(np.random.default_rng(1)), np.int32)
+  one, _ = _step(model, params, frozen, batch, dna[None], 1)
+  eight, _ = _step(model, params, frozen, batch, np.tile(dna, (8, 1)), 8, sync=True)
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_different_paths_average_the_per_path_gradients(setup):
+  model, params, frozen, batch = setup
+  paths = SPACE.sample(np.random.default_rng(2), 8)
+  assert len({tuple(p) for p in paths}) > 1
+  eight, _ = _step(model, params, frozen, batch, paths, 8)
+
+  def grad(dna, shard):
+    def loss(p):
+      logits = model.apply({"params": p, **frozen}, jnp.asarray(shard["image"]), jnp.asarray(dna))
+      return steps.cross_entropy(logits, jnp.asarray(shard["label"])).mean()
+    return jax.grad(loss)(params)
+
+  per = B // 8
+  grads = [grad(paths[d], {k: v[d * per:(d + 1) * per] for k, v in batch.items()})
+           for d in range(8)]
+  mean = jax.tree.map(lambda *g: sum(g) / 8, *grads)
+  expected = jax.tree.map(lambda p, g: p - g, params, mean)  # sgd, lr 1
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(eight)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_nonfinite_loss_leaves_params_unchanged(setup):
+  model, params, frozen, batch = setup
+  bad = dict(batch, image=np.full_like(batch["image"], np.nan))
+  paths = SPACE.sample(np.random.default_rng(3), 8)
+  new, metrics = _step(model, params, frozen, bad, paths, 8)
+  assert int(metrics["finite"]) == 0
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(new)):
+    np.testing.assert_array_equal(a, b)

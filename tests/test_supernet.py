@@ -1,0 +1,84 @@
+"""Every executor runs exactly the standalone child built from the same (sliced) weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import spaces
+from oneshot import supernet
+from oneshot.models import ops
+
+CONFIG = dict(name="mobilenet", stem_filters=8, stem_stride=1, stages=((8, 1, 1), (12, 2, 2)),
+              kernel_sizes=(3, 5, 7), expansion_ratios=(3, 6), width_multipliers=(0.5, 1.0),
+              allow_skip=True, head_filters=16)
+SPACE = spaces.build(CONFIG)
+X = jax.random.normal(jax.random.PRNGKey(1), (16, 8, 8, 1))
+LABELS = jnp.arange(16) % 10
+
+
+def _loss(logits):
+  return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(16), LABELS])
+
+
+@pytest.fixture(scope="module")
+def variables():
+  model = supernet.build(SPACE, 10, 1, "mask", "shift")
+  return model.init(jax.random.PRNGKey(0), X, jnp.zeros(SPACE.num_decisions, jnp.int32))
+
+
+@pytest.mark.parametrize("executor", ["switch", "mask"])
+def test_executor_matches_standalone_child(executor, variables):
+  model = supernet.build(SPACE, 10, 1, executor, "shift")
+  forward = jax.jit(model.apply)
+  rng = np.random.default_rng(0)
+  dnas = [SPACE.sample(rng) for _ in range(4)] + [tuple([0] * SPACE.num_decisions)]
+  for dna in dnas:
+    child = supernet.child_model(SPACE, dna, 10, 1, "shift")
+    child_vars = supernet.child_variables(SPACE, variables, dna)
+    expected, _ = child.apply(child_vars, X, mutable=["batch_stats"])
+    got = forward(variables, X, jnp.asarray(dna))
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_switch_gradient_matches_child_gradient_on_shared_weights(variables):
+  model = supernet.build(SPACE, 10, 1, "switch", "shift")
+  dna = SPACE.sample(np.random.default_rng(3))
+  child = supernet.child_model(SPACE, dna, 10, 1, "shift")
+  child_vars = supernet.child_variables(SPACE, variables, dna)
+  g_super = jax.grad(lambda p: _loss(model.apply({**variables, "params": p}, X,
+                                                 jnp.asarray(dna))))(variables["params"])
+  g_child = jax.grad(lambda p: _loss(child.apply({**child_vars, "params": p}, X,
+                                                 mutable=["batch_stats"])[0]))(child_vars["params"])
+  sliced = supernet.child_variables(SPACE, {"params": g_super}, dna)["params"]
+  for a, b in zip(jax.tree.leaves(sliced), jax.tree.leaves(g_child)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_child_has_fewer_parameters_than_supernet(variables):
+  dna = SPACE.sample(np.random.default_rng(5))
+  child = supernet.child_model(SPACE, dna, 10, 1, "shift")
+  count = lambda t: sum(x.size for x in jax.tree.leaves(t))
+  child_init = child.init(jax.random.PRNGKey(0), X)["params"]
+  sliced = supernet.child_variables(SPACE, variables, dna)["params"]
+  assert count(child_init) == count(sliced) < count(variables["params"])
+  assert jax.tree.structure(child_init) == jax.tree.structure(sliced)
+
+
+@pytest.mark.parametrize("k,stride", [(3, 1), (5, 2), (7, 1)])
+def test_shift_depthwise_matches_xla_value_and_gradients(k, stride):
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 6))
+  w = jax.random.normal(jax.random.PRNGKey(1), (k, k, 6))
+  f = lambda impl: (lambda x, w: jnp.sum(jnp.sin(ops.depthwise_conv2d(x, w, stride, impl))))
+  np.testing.assert_allclose(ops.depthwise_conv2d(x, w, stride, "shift"),
+                             ops.depthwise_conv2d(x, w, stride, "xla"), atol=1e-4)
+  gs = jax.grad(f("shift"), argnums=(0, 1))(x, w)
+  gx = jax.grad(f("xla"), argnums=(0, 1))(x, w)
+  for a, b in zip(gs, gx):
+    np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-4)
+
+
+def test_unknown_executor_is_a_user_error():
+  from oneshot.errors import UserError
+  with pytest.raises(UserError, match="executor"):
+    supernet.resolve_executor("pmap")
