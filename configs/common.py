@@ -7,6 +7,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.num_devices = 0                 # 0: every visible device (all hosts); N: the first N
+  c.compilation_cache_dir = "~/.cache/oneshot/jax"  # persistent XLA cache; "" turns it off
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "digits"
@@ -30,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.weight_decay = 1e-4
   c.train.uniform_fraction = 0.25   # first fraction of steps: uniform paths (controller not used)
   c.train.reward_batch_size = 128   # TuNAS: the reward batch is larger than the training batch
-  c.train.eval_batch_size = 300
+  c.train.eval_batch_size = 128     # = reward batch: one compiled forward serves both
   c.train.log_every = 10
   c.train.checkpoint_every = 50
   c.train.max_nonfinite_steps = 10  # consecutive NaN/Inf losses before the search stops

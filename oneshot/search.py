@@ -27,11 +27,18 @@ def main(argv: Sequence[str]) -> int:
   def define(fv):
     flags.DEFINE_string("workdir", None, "Output directory; an existing one is resumed.",
                         flag_values=fv, required=False)
+    flags.DEFINE_boolean("dry-run", False, "Check the config (names, types, dataset, supernet) and "
+                         "exit without training or writing anything.", flag_values=fv)
   fv = configuration.parse_flags(argv, define, command="search", config_required=False)
+  if fv["dry-run"].value:
+    sess = check(fv.config)
+    print(f"config OK: {sess.space.num_decisions}-decision {fv.config.space.name} space on "
+          f"{fv.config.dataset.name}, {sess.num_devices} devices; nothing written")
+    return 0
   if not fv.workdir:
     raise UserError("--workdir is required, e.g. --workdir workdirs/digits")
   result = run(fv.config, fv.workdir)
-  if result is None:
+  if result is None or not distributed.is_primary():
     return 0
   print(f"searched {result['space']} architecture {result['string']}: validation accuracy "
         f"{result['reward']:.4f} after {result['steps']} steps ({result['wall_seconds']:.0f} s); "
@@ -57,9 +64,27 @@ class _StopRequest:
     del signum, frame
     self.requested = True
 
+  def agreed(self) -> bool:
+    """Whether to stop after this step, the same answer on every process. A preemption signals each
+    host at its own moment; a host that stopped alone would leave the others blocked in the next step's
+    collectives (and the checkpoint half-saved), so the hosts OR their requests at every step boundary."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
+
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def check(config) -> session_lib.Session:
+  """Everything `run` checks before it writes or trains (the `--dry-run` path): a config that passes
+  fails later only for reasons outside it (disk, preemption, divergence)."""
+  distributed.maybe_initialize()
+  sess = session_lib.build(config)
+  sess.initial_state(steps.make_optimizer(config))
+  return sess
 
 
 def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
@@ -68,6 +93,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
   `stop_after` ends the run after that many steps (as a preemption would), for resume tests.
   """
   distributed.maybe_initialize()
+  _enable_compilation_cache(config)
   sess = session_lib.build(config)  # validates every name before anything is written
   workdir = io.ensure_workdir(workdir)
   primary = distributed.is_primary()
@@ -87,7 +113,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
 
   train_step = steps.make_train_step(sess.model, tx, sess.mesh, sess.frozen,
                                      bool(config.supernet.get("sync_batch_norm", False)))
-  reward_step = steps.make_reward_step(sess.model, sess.mesh, sess.frozen)
+  reward_step = steps.make_reward_step(sess.model, sess.mesh, sess.frozen, sess.score_step)
   n, pid, pcount = sess.num_devices, jax.process_index(), jax.process_count()
   uniform_steps = int(t.num_steps * t.uniform_fraction)
   from controllers.random import RandomController  # pylint: disable=import-outside-toplevel
@@ -139,7 +165,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
         done = step + 1
         if done % t.checkpoint_every == 0 or done == t.num_steps:
           _save(mngr, state, workdir, history, wall_start, primary)
-        if stop.requested or (stop_after is not None and done - start >= stop_after):
+        if stop.agreed() or (stop_after is not None and done - start >= stop_after):
           if done % t.checkpoint_every:
             _save(mngr, state, workdir, history, wall_start, primary)
           progress.close()
@@ -156,11 +182,22 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
   return _finish(sess, state, workdir, history, wall_start, primary)
 
 
+def _enable_compilation_cache(config) -> None:
+  """Persist compiled steps across processes: a resumed or repeated search skips the compile (tens of
+  seconds for the switch executor on CPU). Empty `compilation_cache_dir` turns it off."""
+  directory = config.get("compilation_cache_dir", "~/.cache/oneshot/jax")
+  if directory:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def _save(mngr, state, workdir, history, wall_start, primary) -> None:
-  checkpoint.save(mngr, int(state["step"]), state)
+  # History first: a kill between the two writes then leaves history ahead of the checkpoint, which
+  # resume trims (`_load_history`), rather than behind it, which would lose entries for good.
   if primary:
     io.write_json(os.path.join(workdir, "controller_history.json"),
                   {"wall_seconds": time.time() - wall_start, "history": history})
+  checkpoint.save(mngr, int(state["step"]), state)
 
 
 def _load_history(workdir: str, start: int) -> list:

@@ -7,6 +7,7 @@ so bad input fails with one line and an untouched workdir.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -44,6 +45,11 @@ class Session:
             "controller": self.controller.init(jax.random.fold_in(key, 1)),
             "key": jax.random.key_data(jax.random.fold_in(key, 2)),
             "step": np.zeros((), np.int32)}
+
+  @functools.cached_property
+  def score_step(self):
+    """The one compiled forward for rewards and evaluation (see steps.make_score_step)."""
+    return steps.make_score_step(self.model, self.mesh, self.frozen)
 
   def variables(self, params) -> dict:
     return {"params": params, **self.frozen}
@@ -89,22 +95,16 @@ def _check_positive(config) -> None:
 
 def evaluate(session: Session, params, dna, split: str = "validation") -> float:
   """Accuracy of the path `dna` on a whole split, with batch-statistics BN (as in the search)."""
-  eval_step = _eval_step(session)
   n = session.num_devices
   batch_size = -(-int(session.config.train.eval_batch_size) // n) * n
   paths = steps.shard_paths(session.mesh, np.tile(np.asarray(dna, np.int32), (n, 1)))
   correct = total = 0.0
   for batch in session.dataset.iterate(split, batch_size, process_index=jax.process_index(),
                                        process_count=jax.process_count()):
-    c, t = eval_step(params, steps.shard_batch(session.mesh, batch), paths)
-    correct, total = correct + float(c), total + float(t)
+    b = steps.shard_batch(session.mesh, batch)
+    scores = np.asarray(session.score_step(params, b["image"], b["label"], b["mask"], paths))
+    correct, total = correct + float(scores[:, 0].sum()), total + float(scores[:, 1].sum())
   return correct / max(total, 1.0)
-
-
-def _eval_step(session: Session):
-  if not hasattr(session, "_eval"):
-    session._eval = steps.make_eval_step(session.model, session.mesh, session.frozen)  # pylint: disable=protected-access
-  return session._eval  # pylint: disable=protected-access
 
 
 def load_search_config(workdir: str) -> ml_collections.ConfigDict:

@@ -99,38 +99,33 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh,
   return train_step
 
 
-def make_reward_step(model: nn.Module, mesh, frozen: dict) -> Callable:
-  """(params, batch, paths) -> per-device accuracy [num_devices] of each device's own path, replicated
-  on every process (all_gather) so every host's controller sees the same rewards."""
+def make_score_step(model: nn.Module, mesh, frozen: dict) -> Callable:
+  """(params, batch with 'mask', paths) -> [num_devices, 2]: each device's (correct, real rows) for
+  its own path on its shard, gathered on every process so every host's controller sees the same.
 
-  def per_device(params, image, label, path):
-    logits = model.apply({"params": params, **frozen}, image, path[0])
-    accuracy = (logits.argmax(-1) == label).mean()
-    return lax.all_gather(accuracy, AXIS)
-
-  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)),
-                       out_specs=P(), check_vma=False)
-
-  @jax.jit
-  def reward_step(params, batch, paths):
-    return step(params, batch["image"], batch["label"], paths)
-
-  return reward_step
-
-
-def make_eval_step(model: nn.Module, mesh, frozen: dict) -> Callable:
-  """(params, batch with mask, paths) -> (correct, count) summed over real rows of all devices."""
+  One compiled forward serves controller rewards and whole-split evaluation (same batch shape: the
+  compile is paid once)."""
 
   def per_device(params, image, label, mask, path):
     logits = model.apply({"params": params, **frozen}, image, path[0])
     correct = ((logits.argmax(-1) == label) * mask).sum()
-    return lax.psum(correct, AXIS), lax.psum(mask.sum(), AXIS)
+    return lax.all_gather(jnp.stack([correct, mask.sum()]), AXIS)
 
   step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P(AXIS)),
-                       out_specs=(P(), P()), check_vma=False)
+                       out_specs=P(), check_vma=False)
+  return jax.jit(step)
 
-  @jax.jit
-  def eval_step(params, batch, paths):
-    return step(params, batch["image"], batch["label"], batch["mask"], paths)
 
-  return eval_step
+def make_reward_step(model: nn.Module, mesh, frozen: dict,
+                     score_step: Callable | None = None) -> Callable:
+  """(params, batch, paths) -> accuracy [num_devices] of each device's own path on its shard."""
+  score_step = score_step or make_score_step(model, mesh, frozen)
+
+  def reward_step(params, batch, paths):
+    mask = batch.get("mask")
+    if mask is None:
+      mask = jnp.ones(batch["label"].shape, jnp.float32, device=batch["label"].sharding)
+    scores = score_step(params, batch["image"], batch["label"], mask, paths)
+    return scores[:, 0] / jnp.maximum(scores[:, 1], 1.0)
+
+  return reward_step
