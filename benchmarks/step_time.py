@@ -1,7 +1,8 @@
 """Supernet train step / standalone child train step, per executor, same architecture/batch/device.
 
-Prints, for several random architectures of the digits space, the median (>= 20 steps after compile) of
-the supernet's gradient+SGD step divided by the child's, the compile times, and peak RSS. Target on
+Prints, for several random architectures of the digits space, the median (>= 20 steps after compile,
+measurements interleaved across contenders) of the supernet's gradient+SGD step divided by the child's,
+the compile times, and peak RSS. Target on
 CPU: best executor <= 1.25x. Run: `python benchmarks/step_time.py [--config configs/digits.py]
 [--archs 4] [--steps 20]`.
 """
@@ -30,17 +31,10 @@ def _load(path):
   return module.get_config()
 
 
-def _timed(step, args, n):
+def _compile(step, args) -> float:
   t0 = time.perf_counter()
-  out = step(*args)
-  jax.block_until_ready(out)
-  compile_s = time.perf_counter() - t0
-  times = []
-  for _ in range(n):
-    t0 = time.perf_counter()
-    jax.block_until_ready(step(*args))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times)), compile_s
+  jax.block_until_ready(step(*args))
+  return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -48,7 +42,7 @@ def main() -> None:
   parser.add_argument("--config", default=DEFAULT_CONFIG)
   parser.add_argument("--archs", type=int, default=4)
   parser.add_argument("--steps", type=int, default=20)
-  parser.add_argument("--executors", default="switch,mask")
+  parser.add_argument("--executors", default="switch,switch_exact,mask")
   args = parser.parse_args()
   config = _load(args.config)
   space = spaces.build(config.space)
@@ -86,12 +80,23 @@ def main() -> None:
     stats = cvars["batch_stats"]
     cstep = make_step(lambda p: child.apply({"params": p, "batch_stats": stats}, x,
                                             mutable=["batch_stats"])[0])
-    t_child, c_child = _timed(cstep, (cvars["params"], tx.init(cvars["params"])), args.steps)
-    line = f"{space.format(dna):<40} child {t_child * 1e3:6.1f} ms (compile {c_child:4.1f} s)"
+    runs = {"child": (cstep, (cvars["params"], tx.init(cvars["params"])))}
     for name, (v, step) in supers.items():
-      t, c = _timed(step, (v["params"], tx.init(v["params"]), jnp.asarray(dna)), args.steps)
-      ratios[name].append(t / t_child)
-      line += f" | {name} {t * 1e3:6.1f} ms = {t / t_child:4.2f}x (compile {c:4.1f} s)"
+      runs[name] = (step, (v["params"], tx.init(v["params"]), jnp.asarray(dna)))
+    compile_s = {name: _compile(*run) for name, run in runs.items()}
+    # Interleave the measurements so a change in machine load hits every contender alike.
+    times = {name: [] for name in runs}
+    for _ in range(args.steps):
+      for name, (step, step_args) in runs.items():
+        t0 = time.perf_counter()
+        jax.block_until_ready(step(*step_args))
+        times[name].append(time.perf_counter() - t0)
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    line = f"{space.format(dna):<40} child {med['child'] * 1e3:6.1f} ms"
+    for name in supers:
+      ratios[name].append(med[name] / med["child"])
+      line += (f" | {name} {med[name] * 1e3:6.1f} ms = {ratios[name][-1]:4.2f}x "
+               f"(compile {compile_s[name]:4.1f} s)")
     print(line, flush=True)
   for name, r in ratios.items():
     print(f"{name}: supernet/child step time, mean over {len(r)} archs {np.mean(r):.2f}x "

@@ -27,7 +27,7 @@ def variables():
   return model.init(jax.random.PRNGKey(0), X, jnp.zeros(SPACE.num_decisions, jnp.int32))
 
 
-@pytest.mark.parametrize("executor", ["switch", "mask"])
+@pytest.mark.parametrize("executor", ["switch", "switch_exact", "mask"])
 def test_executor_matches_standalone_child(executor, variables):
   model = supernet.build(SPACE, 10, 1, executor, "shift")
   forward = jax.jit(model.apply)

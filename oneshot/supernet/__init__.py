@@ -11,7 +11,7 @@ from oneshot.errors import UserError
 from oneshot.models import ops
 from spaces.core import Space
 
-EXECUTORS = ("auto", "switch", "mask")
+EXECUTORS = ("auto", "switch", "switch_exact", "mask")
 
 # Measured by benchmarks/step_time.py (supernet grad step / standalone child grad step, digits, batch 64,
 # XLA:CPU, 2 cores): switch with rematerialised branches 0.6-1.3x, mask 2.4-9.6x. On TPU/GPU conditionals
@@ -54,8 +54,10 @@ def _modules(space_name: str) -> tuple[type, Callable, type]:
 def build(space: Space, num_classes: int, image_channels: int, executor: str = "auto",
           depthwise: str = "auto") -> nn.Module:
   supernet_cls, _, _ = _modules(space.name)
-  return supernet_cls(space, num_classes, image_channels, resolve_executor(executor),
-                      resolve_depthwise(depthwise))
+  executor = resolve_executor(executor)
+  if executor == "switch_exact" and space.name != "mobilenet":
+    executor = "switch"  # no width decisions: switch is already exact
+  return supernet_cls(space, num_classes, image_channels, executor, resolve_depthwise(depthwise))
 
 
 def child_variables(space: Space, variables: dict, dna: Any) -> dict:
