@@ -4,7 +4,10 @@ NAHAS-style (Zhou et al. 2021) joint search on one frozen weight-sharing superne
 `oneshot search` in the same workdir (reused when already finished). The outer controller proposes
 accelerator DNAs; for each, a short inner controller search over architectures maximises the config's
 reward (supernet validation accuracy combined with cost-model latency/energy/area on *that*
-accelerator); the inner search's best reward is the outer controller's reward.
+accelerator); the inner search's best pair is the accelerator's point and its reward the outer
+controller's reward. `points` holds one such pair per evaluated accelerator; accuracy is the supernet's
+(batch-statistics BN, as in the search) on the fixed reward batches, by default the whole validation
+split. Each inner search opens with the best architectures found so far (`cosearch.warm_start`).
 
 Why it is fast: accuracy of a path on the frozen supernet does not depend on the accelerator, so it is
 memoised per architecture (and kept in the resume state); the reward step is compiled once; the
@@ -43,6 +46,7 @@ STATE_FILE, RESULT_FILE, PLOT_FILE = "cosearch_state.json", "cosearch.json", "pa
 OBJECTIVES = (("accuracy", 1), ("latency_ms", -1), ("energy_mj", -1), ("area_mm2", -1))
 # Config sections that change what a point means; a resumed run must match them (budget may grow).
 _FINGERPRINT = ("seed", "space", "dataset", "train", "accelerator", "reward", "cost_model", "cosearch")
+_NOT_WEIGHTS = ("eval_batch_size", "log_every", "checkpoint_every", "max_nonfinite_steps")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -90,8 +94,7 @@ class Evaluator:
     self.batches = [steps.shard_batch(sess.mesh, sess.dataset.batch(
         "validation", j, size, config.seed, process_index=jax.process_index(),
         process_count=jax.process_count())) for j in range(int(c.reward_batches))]
-    self.cache: dict[str, float] = {}
-    self.accuracy_evaluations = 0
+    self.cache: dict[str, float] = {}  # DNA string -> accuracy on `batches`
 
   def accuracy(self, dnas: np.ndarray) -> np.ndarray:
     """[N] accuracies; paths not seen before run `num_devices` at a time, one per device."""
@@ -106,7 +109,6 @@ class Evaluator:
       acc = np.mean([np.asarray(self.reward_step(self.params, b, sharded)) for b in self.batches], 0)
       for k, a in zip(chunk, acc):
         self.cache[k] = float(a)
-      self.accuracy_evaluations += len(chunk)
     return np.array([self.cache[k] for k in keys])
 
   def score(self, dnas: np.ndarray, accel_dna: np.ndarray) -> dict[str, np.ndarray]:
@@ -142,18 +144,54 @@ def _reward_config(section) -> dict:
 
 
 def inner_search(ev: Evaluator, controller, accel_dna, key, steps: int, paths: int,
-                 ) -> tuple[np.ndarray, int]:
-  """Best architecture (by reward) among the inner controller's proposals, and the query count."""
+                 warm: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+  """Best architecture (by reward) among the inner controller's proposals, and the query count.
+
+  `warm` DNAs replace the first proposals of the first step (same query count): the best
+  architectures of earlier accelerators, so each short inner search starts from what already worked
+  instead of from scratch (a good network is rarely bad on a neighbouring accelerator).
+  """
   state = controller.init(key)
   best, best_reward = None, -np.inf
   for t in range(steps):
-    dnas = controller.propose(state, jax.random.fold_in(key, t), paths)
+    dnas = np.array(controller.propose(state, jax.random.fold_in(key, t), paths), np.int32)
+    if t == 0 and warm is not None and len(warm):
+      k = min(len(warm), paths)
+      dnas[:k] = np.asarray(warm, np.int32)[:k]
     r = ev.score(dnas, accel_dna)["reward"]
     state, _ = controller.feedback(state, dnas, r.astype(np.float32))
     i = int(np.argmax(r))
     if best is None or r[i] > best_reward:
       best, best_reward = dnas[i].copy(), float(r[i])
   return best, steps * paths
+
+
+def make_evaluate(ev: Evaluator, config, progress: dict, log: bool = True) -> Callable:
+  """(accelerator DNA, point index) -> the point of that accelerator's inner search's best pair."""
+  c = config.cosearch
+  n = ev.session.num_devices
+  paths = -(-int(c.inner_paths) // n) * n
+  inner = controllers.build(c.inner_controller, ev.space, {**c.inner.to_dict(),
+                                                           "num_steps": int(c.inner_steps)})
+  root = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 11)
+
+  def evaluate(accel_dna, index):
+    t0 = time.time()
+    ranked = sorted(progress["points"], key=lambda p: -p["reward"])
+    warm = list(dict.fromkeys(tuple(p["architecture"]["dna"]) for p in ranked))
+    warm = np.array(warm[:int(c.warm_start)], np.int32).reshape(-1, ev.space.num_decisions)
+    arch, queries = inner_search(ev, inner, accel_dna, jax.random.fold_in(root, index),
+                                 int(c.inner_steps), paths, warm)
+    progress["evaluations"] += queries
+    p = ev.point(accel_dna, arch, {"index": index, "inner_evaluations": queries})
+    if log:
+      print(f"accelerator {index + 1}/{int(c.outer_budget)} {_accel_text(p['accelerator'])}: "
+            f"accuracy {p['accuracy']:.4f} latency {p['latency_ms']:.4f} ms energy "
+            f"{p['energy_mj']:.4f} mJ area {p['area_mm2']:.3f} mm^2 reward {p['reward']:.4f} "
+            f"({time.time() - t0:.1f} s)", file=sys.stderr)
+    return p
+
+  return evaluate
 
 
 # --- the outer loop --------------------------------------------------------------------------------
@@ -233,14 +271,14 @@ def pareto_mask(points: Sequence[dict]) -> np.ndarray:
   return ~dominated
 
 
-def result(progress: dict, ev: Evaluator, wall: float, extra: dict | None = None) -> dict:
+def result(progress: dict, config, wall: float, extra: dict | None = None) -> dict:
   points = progress["points"]
   mask = pareto_mask(points)
   best = max(points, key=lambda p: p["reward"]) if points else None
   return {"points": points, "pareto": [p for p, m in zip(points, mask) if m], "best": best,
-          "reward": {"kind": ev.kind, **ev.reward_config},
-          "cost_model": ev.config.cost_model.kind, "evaluations": progress["evaluations"],
-          "accuracy_evaluations": len(progress.get("accuracy_cache", ev.cache)),
+          "reward": {"kind": config.reward.kind, **_reward_config(config.reward)},
+          "cost_model": config.cost_model.kind, "evaluations": progress["evaluations"],
+          "accuracy_evaluations": len(progress["accuracy_cache"]),
           "proposals": progress["proposals"], "rejected": progress["rejected"],
           "duplicates": progress["duplicates"], "wall_seconds": wall, **(extra or {})}
 
@@ -261,13 +299,9 @@ def plot(res: dict, path: str, title: str = "hardware co-search") -> None:
   front = order[np.maximum.accumulate(acc[order]) == acc[order]]
   ax.step(lat[front], acc[front], where="post", c="tab:red", lw=1, alpha=0.6)
   if res.get("best"):
-    b = res["best"]
-    ax.scatter([b["latency_ms"]], [b["accuracy"]], marker="*", s=160, c="gold", edgecolors="k",
-               zorder=3, label="best reward")
-  ax.set_xscale("log")
-  ax.set_xlabel("latency (ms)")
-  ax.set_ylabel("supernet validation accuracy")
-  ax.set_title(title)
+    ax.scatter([res["best"]["latency_ms"]], [res["best"]["accuracy"]], marker="*", s=160, c="gold",
+               edgecolors="k", zorder=3, label="best reward")
+  ax.set(xscale="log", xlabel="latency (ms)", ylabel="supernet validation accuracy", title=title)
   ax.legend(fontsize=8, loc="lower right")
   fig.tight_layout()
   tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.getpid()}-pareto.png")
@@ -279,21 +313,8 @@ def plot(res: dict, path: str, title: str = "hardware co-search") -> None:
 # --- the command -----------------------------------------------------------------------------------
 def prepare(config, workdir: str) -> Evaluator | None:
   """Trains (or reuses) the supernet in `workdir`; the evaluator on its weights, or None if stopped."""
-  # pylint: disable=import-outside-toplevel
-  from oneshot import search, session as session_lib
-  if config.get("cosearch") is None or config.get("reward") is None:
-    raise UserError("the config has no cosearch/reward sections; use --config "
-                    "configs/digits_cosearch.py or add them as it does")
-  import spaces  # pylint: disable=import-outside-toplevel
-  accel_space = accelerator.build(config.accelerator.to_dict())
-  # Every co-search setting is checked before minutes of supernet training, not after.
-  ones = {k: np.ones(1) for k in ("latency_ms", "energy_mj", "area_mm2")}
-  rewards.reward(config.reward.kind, np.ones(1), ones, _reward_config(config.reward))
-  cost_function(config.cost_model.to_dict(), spaces.build(config.space), accel_space, (1, 1, 1), 1)
-  for name in ("outer_controller", "inner_controller"):
-    if config.cosearch[name] not in controllers.registry():
-      raise UserError(f"unknown controller {config.cosearch[name]!r}; set --config.cosearch.{name} "
-                      f"to one of {sorted(controllers.registry())}")
+  from oneshot import search, session as session_lib  # pylint: disable=import-outside-toplevel
+  accel_space = validate(config)
   _check_supernet_config(config, workdir)
   done = os.path.join(workdir, "search_result.json")
   finished = False
@@ -305,10 +326,40 @@ def prepare(config, workdir: str) -> Evaluator | None:
   sess = session_lib.build(config)
   restored = session_lib.restore_params(sess, workdir)
   params = restored["params"] if isinstance(restored, dict) and "params" in restored else restored
-  params = sess.initial_params if params is None else params
   cost_fn = cost_function(config.cost_model.to_dict(), sess.space, accel_space,
                           sess.dataset.image_shape, sess.dataset.num_classes)
   return Evaluator(config, sess, params, cost_fn, accel_space)
+
+
+def validate(config) -> Any:
+  """The accelerator space, once every co-search setting is checked (before any training)."""
+  import spaces  # pylint: disable=import-outside-toplevel
+  missing = [k for k in ("accelerator", "reward", "cost_model", "cosearch") if config.get(k) is None]
+  if missing:
+    raise UserError(f"the config has no {'/'.join(missing)} section; use --config "
+                    "configs/digits_cosearch.py or add them as it does")
+  c = config.cosearch
+  for name, least in (("outer_budget", 1), ("inner_steps", 1), ("inner_paths", 1),
+                      ("warm_start", 0)):
+    if int(c[name]) < least:
+      raise UserError(f"--config.cosearch.{name} must be >= {least}; got {c[name]}")
+  for name in ("outer_controller", "inner_controller"):
+    if c[name] not in controllers.registry():
+      raise UserError(f"unknown controller {c[name]!r}; set --config.cosearch.{name} to one of "
+                      f"{sorted(controllers.registry())}")
+  accel_space = accelerator.build(config.accelerator.to_dict())
+  ones = {k: np.ones(1) for k in ("latency_ms", "energy_mj", "area_mm2")}
+  rewards.reward(config.reward.kind, np.ones(1), ones, _reward_config(config.reward))
+  cost_function(config.cost_model.to_dict(), spaces.build(config.space), accel_space, (1, 1, 1), 1)
+  return accel_space
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+  """Dotted keys whose values differ; keys on one side only are settings added to (or dropped from)
+  the code since, not a change."""
+  old, new = _flat(json.loads(json.dumps(old, default=str))), _flat(json.loads(json.dumps(
+      new, default=str)))
+  return sorted(k for k in set(old) & set(new) if old[k] != new[k])
 
 
 def _check_supernet_config(config, workdir: str) -> None:
@@ -317,17 +368,20 @@ def _check_supernet_config(config, workdir: str) -> None:
     return
   with open(path) as f:
     old = json.load(f)
-  new = json.loads(json.dumps(config.to_dict(), default=str))
-  changed = [k for k in ("space", "dataset", "supernet", "train") if old.get(k) != new.get(k)]
+  # Only what shapes the weights tree: training settings may differ (search.run resumes with them).
+  sections = ("space", "dataset")
+  new = config.to_dict()
+  changed = _changed({k: old.get(k) for k in sections}, {k: new.get(k) for k in sections})
   if changed:
-    raise UserError(f"{workdir} holds a supernet trained with other {'/'.join(changed)} settings; "
-                    "use a new --workdir (or the config that trained it)")
+    raise UserError(f"{workdir} holds a supernet trained with other settings ({', '.join(changed[:4])})"
+                    "; use a new --workdir (or the config that trained it)")
 
 
 def _fingerprint(config) -> dict:
   d = json.loads(json.dumps(config.to_dict(), default=str))
   out = {k: d.get(k) for k in _FINGERPRINT}
   out["cosearch"] = {k: v for k, v in (out["cosearch"] or {}).items() if k != "outer_budget"}
+  out["train"] = {k: v for k, v in (out["train"] or {}).items() if k not in _NOT_WEIGHTS}
   return out
 
 
@@ -343,8 +397,7 @@ def load_progress(config, workdir: str) -> dict:
       progress = json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     raise UserError(f"cannot read {path} ({e}); delete it to restart the co-search") from None
-  old, new = _flat(progress.get("fingerprint", {})), _flat(fresh["fingerprint"])
-  changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  changed = _changed(progress.get("fingerprint", {}), fresh["fingerprint"])
   if changed:
     raise UserError(f"{path} was made with another co-search config (changed: "
                     f"{', '.join(changed[:4])}); use a new --workdir or delete the file "
@@ -368,35 +421,19 @@ def run(config, workdir: str, *, stop_after: int | None = None,
   `stop_after` ends after that many new accelerators (as a kill would, for resume tests);
   `evaluator` reuses an already built one (a trained supernet, compiled step, warm memo).
   """
+  validate(config)
   c = config.cosearch
-  for name in ("outer_budget", "inner_steps", "inner_paths"):
-    if int(c[name]) <= 0:
-      raise UserError(f"--config.cosearch.{name} must be positive; got {c[name]}")
   workdir = io.ensure_workdir(workdir)
   progress = load_progress(config, workdir)
   tic = time.time() - float(progress["wall_seconds"])
+  primary = jax.process_index() == 0
+  if progress["feasible"] >= int(c.outer_budget):  # finished before: just (re)write the results
+    return _finish(progress, config, workdir, float(progress["wall_seconds"]), primary)
   ev = evaluator if evaluator is not None else prepare(config, workdir)
   if ev is None:
     return None
   ev.cache.update(progress["accuracy_cache"])
-  n = ev.session.num_devices
-  paths = -(-int(c.inner_paths) // n) * n
-  inner = controllers.build(c.inner_controller, ev.space, {**c.inner.to_dict(),
-                                                           "num_steps": int(c.inner_steps)})
-  inner_root = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 11)
-  primary = jax.process_index() == 0
-
-  def evaluate(accel_dna, index):
-    t0 = time.time()
-    arch, queries = inner_search(ev, inner, accel_dna, jax.random.fold_in(inner_root, index),
-                                 int(c.inner_steps), paths)
-    progress["evaluations"] += queries
-    p = ev.point(accel_dna, arch, {"index": index, "inner_evaluations": queries})
-    print(f"accelerator {index + 1}/{int(c.outer_budget)} {_accel_text(p['accelerator'])}: "
-          f"accuracy {p['accuracy']:.4f} latency {p['latency_ms']:.4f} ms energy "
-          f"{p['energy_mj']:.4f} mJ area {p['area_mm2']:.3f} mm^2 reward {p['reward']:.4f} "
-          f"({time.time() - t0:.1f} s)", file=sys.stderr)
-    return p
+  evaluate = make_evaluate(ev, config, progress)
 
   def save(prog):
     prog["accuracy_cache"] = dict(ev.cache)
@@ -409,7 +446,11 @@ def run(config, workdir: str, *, stop_after: int | None = None,
           file=sys.stderr)
     return None
   save(progress)
-  res = result(progress, ev, time.time() - tic, {"supernet_workdir": workdir})
+  return _finish(progress, config, workdir, time.time() - tic, primary)
+
+
+def _finish(progress, config, workdir, wall, primary) -> dict:
+  res = result(progress, config, wall, {"supernet_workdir": workdir})
   if primary:
     io.write_json(os.path.join(workdir, RESULT_FILE), res)
     plot(res, os.path.join(workdir, PLOT_FILE))
