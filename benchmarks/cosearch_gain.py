@@ -115,7 +115,8 @@ def main(argv) -> int:
 def report(rows: list[dict], config) -> None:
   print(f"\nJoint vs. sequential co-search, {config.dataset.name}, reward {config.reward.kind}, "
         f"cost model {config.cost_model.kind}, {len(rows)} seeds, "
-        f"{rows[0]['evaluations']} evaluations per method (mean over seeds):")
+        f"{min(r['evaluations'] for r in rows)}-{max(r['evaluations'] for r in rows)} evaluations "
+        "per method and seed (equal within a seed; mean over seeds):")
   print(f"  {'method':<34}" + "".join(f"{m:>12}" for m in METRICS))
   labels = (("joint", "joint (outer x inner)"), ("fixed_accelerator", "(a) arch on fixed accelerator"),
             ("sequential", "(b) + its best accelerator"))
