@@ -31,6 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.weight_decay = 1e-4
   c.train.uniform_fraction = 0.25   # first fraction of steps: uniform paths (controller not used)
   c.train.reward_batch_size = 128   # TuNAS: the reward batch is larger than the training batch
+  c.train.reward_paths_per_device = 1  # paths each device scores per controller update
   c.train.eval_batch_size = 128     # = reward batch: one compiled forward serves both
   c.train.log_every = 10
   c.train.checkpoint_every = 50

@@ -20,4 +20,7 @@ def get_config():
       allow_skip=True,
       head_filters=0,
   )
+  # ENAS's paper hyperparameters (configs/common.py); on one CPU device each controller update would
+  # see a single sampled path, so each device scores 4 paths per update (4 cheap forward passes).
+  c.train.reward_paths_per_device = 4
   return c

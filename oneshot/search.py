@@ -116,6 +116,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
   reward_step = steps.make_reward_step(sess.model, sess.mesh, sess.frozen, sess.score_step)
   n, pid, pcount = sess.num_devices, jax.process_index(), jax.process_count()
   uniform_steps = int(t.num_steps * t.uniform_fraction)
+  paths_per_device = max(1, int(t.get("reward_paths_per_device", 1)))
   from controllers.random import RandomController  # pylint: disable=import-outside-toplevel
   uniform = RandomController(sess.space)
   key = jax.random.wrap_key_data(np.asarray(state["key"]))
@@ -144,11 +145,16 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
           raise UserError(f"{nonfinite} consecutive steps had a NaN/Inf loss at step {step}; lower "
                           "--config.train.learning_rate (the last good checkpoint is kept)")
         # Controller update on a validation batch, with paths from the controller itself.
-        reward_paths = sess.controller.propose(state["controller"], k_reward, n)
-        reward_batch = sess.dataset.batch("validation", step, t.reward_batch_size, config.seed,
-                                          process_index=pid, process_count=pcount)
-        rewards = np.asarray(reward_step(state["params"], steps.shard_batch(sess.mesh, reward_batch),
-                                         steps.shard_paths(sess.mesh, reward_paths)))
+        # Each device scores `reward_paths_per_device` paths on its shard (one compiled forward each),
+        # so a 1-device run still gives REINFORCE several samples per update.
+        reward_paths = sess.controller.propose(state["controller"], k_reward, n * paths_per_device)
+        reward_batch = steps.shard_batch(sess.mesh, sess.dataset.batch(
+            "validation", step, t.reward_batch_size, config.seed, process_index=pid,
+            process_count=pcount))
+        rewards = np.concatenate([
+            np.asarray(reward_step(state["params"], reward_batch,
+                                   steps.shard_paths(sess.mesh, reward_paths[i * n:(i + 1) * n])))
+            for i in range(paths_per_device)])
         state["controller"], cm = sess.controller.feedback(state["controller"], reward_paths, rewards)
         state["step"] = np.asarray(step + 1, np.int32)
         seconds = time.time() - tic

@@ -118,7 +118,8 @@ def load_search_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def restore_params(session: Session, workdir: str):
-  """The trained supernet params of a finished or interrupted search in `workdir`."""
+  """The newest readable checkpointed search state of `workdir` (a dict: 'params', 'opt_state',
+  'controller', 'key', 'step'), for a finished or interrupted search."""
   mngr = checkpoint.require_checkpoint(workdir)
   tx = steps.make_optimizer(session.config)
   restored = checkpoint.restore_latest(mngr, session.initial_state(tx))
