@@ -46,14 +46,35 @@ class ConvBN(nn.Module):
     return nn.relu(y) if relu else y
 
   def normalize(self, y: jax.Array, train: bool) -> jax.Array:
-    if train:
-      y, mean, var = ops.batch_norm(y, self.scale, self.bias)
-      if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
-        m = ops.BN_MOMENTUM
-        self.mean.value = m * self.mean.value + (1 - m) * mean
-        self.var.value = m * self.var.value + (1 - m) * var
-      return y
-    return ops.batch_norm(y, self.scale, self.bias, self.mean.value, self.var.value)[0]
+    return normalize(self, y, train)
+
+
+def normalize(module: nn.Module, y: jax.Array, train: bool) -> jax.Array:
+  """BatchNorm with `module`'s scale/bias and running mean/var: batch statistics when training (and
+  running averages updated where `batch_stats` is mutable), running averages otherwise."""
+  if not train:
+    return ops.batch_norm(y, module.scale, module.bias, module.mean.value, module.var.value)[0]
+  y, mean, var = ops.batch_norm(y, module.scale, module.bias)
+  if not module.is_initializing() and module.is_mutable_collection("batch_stats"):
+    m = ops.BN_MOMENTUM
+    module.mean.value = m * module.mean.value + (1 - m) * mean
+    module.var.value = m * module.var.value + (1 - m) * var
+  return y
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm alone, with ConvBN's leaf names (e.g. NAS-Bench-201's final BN before ReLU)."""
+
+  channels: int
+
+  def setup(self):
+    self.scale = self.param("scale", nn.initializers.ones, (self.channels,))
+    self.bias = self.param("bias", nn.initializers.zeros, (self.channels,))
+    self.mean = self.variable("batch_stats", "mean", jnp.zeros, (self.channels,))
+    self.var = self.variable("batch_stats", "var", jnp.ones, (self.channels,))
+
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    return normalize(self, x, train)
 
 
 class Classifier(nn.Module):

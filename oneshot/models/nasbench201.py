@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from oneshot.models import ops
-from oneshot.models.layers import Classifier, ConvBN
+from oneshot.models.layers import BatchNorm, Classifier, ConvBN
 from spaces.nasbench201 import EDGES
 
 CONV_OPS = {"nor_conv_1x1": 1, "nor_conv_3x3": 3}   # op -> kernel size; the only ops with weights
@@ -78,28 +78,6 @@ class Conv(nn.Module):
 
   def __call__(self, x: jax.Array, stride: int = 1) -> jax.Array:
     return ops.conv2d(x, self.kernel, stride)
-
-
-class BatchNorm(nn.Module):
-  """BatchNorm alone, with ConvBN's leaf names and statistics handling (the final BN before ReLU)."""
-
-  channels: int
-
-  def setup(self):
-    self.scale = self.param("scale", nn.initializers.ones, (self.channels,))
-    self.bias = self.param("bias", nn.initializers.zeros, (self.channels,))
-    self.mean = self.variable("batch_stats", "mean", jnp.zeros, (self.channels,))
-    self.var = self.variable("batch_stats", "var", jnp.ones, (self.channels,))
-
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    if not train:
-      return ops.batch_norm(x, self.scale, self.bias, self.mean.value, self.var.value)[0]
-    y, mean, var = ops.batch_norm(x, self.scale, self.bias)
-    if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
-      m = ops.BN_MOMENTUM
-      self.mean.value = m * self.mean.value + (1 - m) * mean
-      self.var.value = m * self.var.value + (1 - m) * var
-    return y
 
 
 class ResNetBlock(nn.Module):
