@@ -24,7 +24,7 @@ def _loss(logits):
 @pytest.fixture(scope="module")
 def variables():
   model = supernet.build(SPACE, 10, 1, "mask", "shift")
-  return model.init(jax.random.PRNGKey(0), X, jnp.zeros(SPACE.num_decisions, jnp.int32))
+  return jax.jit(model.init)(jax.random.PRNGKey(0), X, jnp.zeros(SPACE.num_decisions, jnp.int32))
 
 
 @pytest.mark.parametrize("executor", ["switch", "switch_exact", "mask"])
@@ -41,16 +41,19 @@ def test_executor_matches_standalone_child(executor, variables):
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_switch_gradient_matches_child_gradient_on_shared_weights(variables):
-  model = supernet.build(SPACE, 10, 1, "switch", "shift")
-  dna = SPACE.sample(np.random.default_rng(3))
-  child = supernet.child_model(SPACE, dna, 10, 1, "shift")
-  child_vars = supernet.child_variables(SPACE, variables, dna)
-  g_super = jax.grad(lambda p: _loss(model.apply({**variables, "params": p}, X,
-                                                 jnp.asarray(dna))))(variables["params"])
-  g_child = jax.grad(lambda p: _loss(child.apply({**child_vars, "params": p}, X,
-                                                 mutable=["batch_stats"])[0]))(child_vars["params"])
-  sliced = supernet.child_variables(SPACE, {"params": g_super}, dna)["params"]
+def test_switch_gradient_matches_child_gradient_on_shared_weights():
+  # A smaller space than the value tests: the switch gradient is the slowest thing here to compile.
+  space = spaces.build(dict(CONFIG, stages=((8, 2, 2),), kernel_sizes=(3, 5)))
+  model = supernet.build(space, 10, 1, "switch", "shift")
+  variables = model.init(jax.random.PRNGKey(0), X, jnp.zeros(space.num_decisions, jnp.int32))
+  dna = (1, 1, 1, 0, 1, 0)  # width 1.0, block0 k5 e6, block1 k3 e6 kept
+  child = supernet.child_model(space, dna, 10, 1, "shift")
+  child_vars = supernet.child_variables(space, variables, dna)
+  g_super = jax.jit(jax.grad(lambda p: _loss(model.apply({**variables, "params": p}, X,
+                                                         jnp.asarray(dna)))))(variables["params"])
+  g_child = jax.jit(jax.grad(lambda p: _loss(child.apply(
+      {**child_vars, "params": p}, X, mutable=["batch_stats"])[0])))(child_vars["params"])
+  sliced = supernet.child_variables(space, {"params": g_super}, dna)["params"]
   for a, b in zip(jax.tree.leaves(sliced), jax.tree.leaves(g_child)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
