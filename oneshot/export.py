@@ -1,0 +1,298 @@
+"""`oneshot export`: a searched subnet as a plain Flax model plus an orbax checkpoint of its own weights.
+
+The export directory is self-contained: `architecture.json` names the child model class's inputs (space,
+skeleton, decision values, classes, image shape) and `checkpoint/` holds exactly the child's variables,
+sliced out of the supernet. `load(directory)` rebuilds the model from those two alone, importing only
+`oneshot.models` (never the supernet, search or controller code), so a deployment needs none of it.
+
+BatchNorm statistics: the supernet normalises with batch statistics and never keeps running averages, so
+an exported child has no usable eval-mode statistics until they are recomputed for its own path
+(Once-for-All's BN recalibration). `recalibrate` runs N train batches in train mode and sets each BN's
+statistics to the *cumulative* mean and variance over all N batches rather than the momentum EMA the
+layers keep during training: an EMA over 20 batches still weights the first batch by 0.9**19, while the
+cumulative average makes N batches give exactly the statistics of their union.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from oneshot import io
+from oneshot.errors import UserError
+
+ARCHITECTURE_FILE = "architecture.json"
+CHECKPOINT_DIR = "checkpoint"
+FORMAT_VERSION = 1
+# space name -> (module, class) of its standalone child; looked up by name so a JSON file never chooses
+# what gets imported.
+CHILD_MODELS = {"mobilenet": ("oneshot.models.mobilenet", "MobileNet"),
+                "nasbench201": ("oneshot.models.nasbench201", "NasBench201")}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose errors are one-line `UserError`s (the CLI's convention) instead of usage + exit."""
+
+  def error(self, message: str) -> None:  # type: ignore[override]
+    raise UserError(f"{message}; see `{self.prog} --help`")
+
+
+def main(argv: Sequence[str]) -> int:
+  parser = ArgumentParser(prog="oneshot export", description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True, help="a search workdir (config.json + checkpoints)")
+  parser.add_argument("--dna", default=None,
+                      help="comma-separated choice indices (or the space's string); default: the "
+                           "search result's architecture")
+  parser.add_argument("--out", required=True, help="export directory to write")
+  parser.add_argument("--recalibrate-batches", type=int, default=20,
+                      help="train batches used to recompute the child's BatchNorm statistics")
+  args = parser.parse_args(list(argv))
+  record = export(args.workdir, args.out, dna_text=args.dna,
+                  recalibrate_batches=args.recalibrate_batches)
+  acc = record["validation_accuracy"]
+  print(f"exported {record['space']} {record['string']} ({record['num_params']} parameters) to "
+        f"{args.out}: validation accuracy {acc['supernet_batch_stats']:.4f} on the supernet path "
+        f"(batch-statistics BN), {acc['recalibrated']:.4f} stand-alone after recalibrating BN on "
+        f"{record['recalibrate_batches']} batches")
+  return 0
+
+
+def export(workdir: str, out: str, *, dna_text: str | None = None,
+           recalibrate_batches: int = 20) -> dict:
+  """Writes the export directory; returns the architecture.json record. Every input is checked before
+  anything is written, and the directory appears only once complete (temp dir + rename)."""
+  # pylint: disable=import-outside-toplevel  # keeps `load` free of supernet and search code
+  import spaces
+  from oneshot import checkpoint, session as session_lib, supernet
+  if recalibrate_batches < 1:
+    raise UserError(f"--recalibrate-batches must be >= 1, got {recalibrate_batches}: the supernet keeps "
+                    "no BatchNorm statistics, so the child needs at least one batch")
+  checkpoint.require_checkpoint(workdir)
+  config = session_lib.load_search_config(workdir)
+  space = spaces.build(config.space)
+  dna = _choose_dna(space, workdir, dna_text)
+  target = _check_out(out)
+  sess = session_lib.build(config)
+  state = session_lib.restore_params(sess, workdir)
+  params = state["params"]
+  before = session_lib.evaluate(sess, params, dna, "validation")
+  ds = sess.dataset
+  model = supernet.child_model(space, dna, ds.num_classes, ds.image_shape[-1],
+                               config.supernet.depthwise)
+  variables = jax.device_get(supernet.child_variables(space, sess.variables(params), dna))
+  runner = ChildRunner(model)
+  t = config.train
+  variables = runner.recalibrate(variables, (ds.batch("train", i, t.batch_size, config.seed)
+                                             for i in range(recalibrate_batches)))
+  after = runner.accuracy(variables, ds, "validation", t.eval_batch_size)
+  record = {**space.to_json(dna), "format_version": FORMAT_VERSION,
+            "skeleton": _plain(dict(space.skeleton)), "model": list(CHILD_MODELS[space.name]),
+            "num_classes": ds.num_classes, "image_shape": list(ds.image_shape), "dataset": ds.name,
+            "dataset_config": config.dataset.to_dict(),
+            "num_params": count_params(variables["params"]),
+            "recalibrate_batches": recalibrate_batches, "recalibrate_batch_size": int(t.batch_size),
+            "validation_accuracy": {"supernet_batch_stats": before, "recalibrated": after},
+            "source": {"workdir": os.path.abspath(workdir), "step": int(state["step"])},
+            "checkpoint": CHECKPOINT_DIR}
+  _write_atomically(target, record, variables)
+  return record
+
+
+def _choose_dna(space, workdir: str, dna_text: str | None):
+  if dna_text is not None:
+    return space.parse(dna_text)
+  path = os.path.join(workdir, "search_result.json")
+  if not os.path.exists(path):
+    raise UserError(f"{workdir} has no search_result.json (the search has not finished); pass "
+                    "--dna 0,1,... to export a chosen architecture")
+  with open(path) as f:
+    return space.from_json(json.load(f))
+
+
+def _check_out(out: str) -> str:
+  """--out may be new, empty, or an earlier export (replaced); anything else is refused."""
+  target = os.path.abspath(os.path.expanduser(out))
+  if os.path.exists(target):
+    if not os.path.isdir(target):
+      raise UserError(f"--out {out} is a file; give a directory path")
+    if os.listdir(target) and not os.path.exists(os.path.join(target, ARCHITECTURE_FILE)):
+      raise UserError(f"--out {out} exists and is not an export; pick a new or empty directory")
+  check_writable(target, "--out")
+  return target
+
+
+def check_writable(path: str, flag: str) -> None:
+  """Fails before minutes of work, not after, when `path` cannot be created."""
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.access(parent, os.W_OK):
+    raise UserError(f"cannot write {flag} {path}: {parent} is not writable; pick another path")
+
+
+def _write_atomically(target: str, record: dict, variables: dict) -> None:
+  parent = os.path.dirname(target)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(target)}-")
+  except OSError as e:
+    raise UserError(f"cannot write {target}: {e.strerror}; pick a writable --out") from None
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(tmp, CHECKPOINT_DIR), variables)
+      ckptr.wait_until_finished()
+    io.write_json(os.path.join(tmp, ARCHITECTURE_FILE), record)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp make owner-only files; an export is for sharing
+    os.chmod(os.path.join(tmp, ARCHITECTURE_FILE), 0o666 & ~umask)
+    if os.path.exists(target):  # an earlier export (or an empty dir): swap, then drop the old one
+      old = tempfile.mkdtemp(dir=parent, prefix=f".old-{os.path.basename(target)}-")
+      os.rename(target, os.path.join(old, "x"))
+      os.rename(tmp, target)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, target)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def read_architecture(directory: str) -> dict:
+  path = os.path.join(directory, ARCHITECTURE_FILE)
+  if not os.path.exists(path):
+    raise UserError(f"{directory} has no {ARCHITECTURE_FILE}; give a directory written by "
+                    "`oneshot export --out DIR`")
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise UserError(f"cannot read {path} ({e}); re-run `oneshot export`") from None
+  missing = [k for k in ("space", "architecture", "skeleton", "num_classes", "image_shape")
+             if k not in record]
+  if missing or record["space"] not in CHILD_MODELS:
+    raise UserError(f"{path} is not an export of a known space (missing {missing or 'nothing'}, space "
+                    f"{record.get('space')!r}); re-run `oneshot export`")
+  return record
+
+
+def build_model(record: dict) -> Any:
+  """The child Flax module described by an architecture.json record (oneshot.models only)."""
+  from oneshot.models import ops  # pylint: disable=import-outside-toplevel
+  module, name = CHILD_MODELS[record["space"]]
+  cls = getattr(importlib.import_module(module), name)
+  kwargs = dict(skeleton=record["skeleton"], values=record["architecture"],
+                num_classes=int(record["num_classes"]), image_channels=int(record["image_shape"][-1]))
+  if record["space"] == "mobilenet":
+    kwargs["depthwise_impl"] = ops.default_depthwise_impl()  # same numbers either way; speed per platform
+  return cls(**kwargs)
+
+
+def init_shapes(model: Any, image_shape: Sequence[int]) -> dict:
+  """The model's variable tree as shapes (traced, not compiled: milliseconds)."""
+  return jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                        jnp.zeros((1,) + tuple(int(d) for d in image_shape), jnp.float32))
+
+
+def load(directory: str) -> tuple[Any, dict]:
+  """(model, variables) of an export: `model.apply(variables, images, train=False)` gives logits."""
+  record = read_architecture(directory)
+  model = build_model(record)
+  abstract = init_shapes(model, record["image_shape"])
+  path = os.path.join(os.path.abspath(directory), record.get("checkpoint", CHECKPOINT_DIR))
+  if not os.path.isdir(path):
+    raise UserError(f"{directory} has no {CHECKPOINT_DIR}/ checkpoint; re-run `oneshot export`")
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      variables = ckptr.restore(path, abstract)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    raise UserError(f"the checkpoint in {directory} does not match its {ARCHITECTURE_FILE} "
+                    f"({first}); re-run `oneshot export`") from None
+  return model, dict(variables)
+
+
+def count_params(tree: Any) -> int:
+  return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(tree)))
+
+
+class ChildRunner:
+  """BN recalibration and evaluation of one child model, each compiled once and reused for any weights
+  of that child (rank scores the same child with supernet and with stand-alone weights)."""
+
+  def __init__(self, model: Any):
+    self.model = model
+
+    @jax.jit
+    def batch_moments(variables, image):
+      # Every BN layer's batch mean and variance, read through its running-average update: starting
+      # from zeros, one update stores (1 - momentum) * batch statistic.
+      zeros = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
+      _, new = model.apply({**variables, "batch_stats": zeros}, image, train=True,
+                           mutable=["batch_stats"])
+      return new["batch_stats"]
+
+    @jax.jit
+    def correct(variables, image, label, mask):
+      logits = model.apply(variables, image, train=False)
+      loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), label[:, None], -1)[:, 0]
+      return ((logits.argmax(-1) == label) * mask).sum(), (loss * mask).sum(), mask.sum()
+
+    self._moments, self._correct = batch_moments, correct
+
+  def recalibrate(self, variables: dict, batches: Iterable[dict]) -> dict:
+    """`variables` with every BN's statistics replaced by the mean and variance over all `batches`.
+
+    Per layer, the variance of the union of equal-sized batches is the mean of the batch variances plus
+    the variance of the batch means (accumulated in float64, so no E[x^2] - E[x]^2 cancellation).
+    """
+    from oneshot.models import ops  # pylint: disable=import-outside-toplevel
+    scale = 1.0 / (1.0 - ops.BN_MOMENTUM)
+    per_batch = [jax.device_get(self._moments(variables, batch["image"])) for batch in batches]
+    if not per_batch:
+      raise UserError("BN recalibration needs at least one batch")
+
+    def pool(*layers):
+      means = np.stack([np.asarray(l["mean"], np.float64) * scale for l in layers])
+      variances = np.stack([np.asarray(l["var"], np.float64) * scale for l in layers])
+      mean = means.mean(0)
+      var = variances.mean(0) + np.square(means - mean).mean(0)
+      return {"mean": mean.astype(np.float32), "var": var.astype(np.float32)}
+
+    stats = jax.tree.map(pool, *per_batch, is_leaf=lambda x: isinstance(x, dict) and "mean" in x)
+    return {**variables, "batch_stats": stats}
+
+  def evaluate(self, variables: dict, dataset: Any, split: str, batch_size: int) -> dict[str, float]:
+    """Eval-mode (running-statistics BN) accuracy and mean cross-entropy over a whole split."""
+    correct = loss = total = 0.0
+    for batch in dataset.iterate(split, int(batch_size)):
+      c, l, t = self._correct(variables, batch["image"], batch["label"], batch["mask"])
+      correct, loss, total = correct + float(c), loss + float(l), total + float(t)
+    return {"accuracy": correct / max(total, 1.0), "loss": loss / max(total, 1.0)}
+
+  def accuracy(self, variables: dict, dataset: Any, split: str, batch_size: int) -> float:
+    return self.evaluate(variables, dataset, split, batch_size)["accuracy"]
+
+
+def _plain(value: Any) -> Any:
+  """Tuples -> lists, recursively, so architecture.json reads back to what the model saw."""
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value.item() if isinstance(value, np.generic) else value
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,337 @@
+"""`oneshot rank`: does the supernet rank architectures the way stand-alone training does?
+
+K architectures, spread over the space (every choice of every decision equally often) plus the search
+result, get two scores each:
+
+* supernet: the child's weights sliced from the trained supernet, BatchNorm recalibrated on N train
+  batches (Once-for-All), validation accuracy in eval mode;
+* stand-alone: the child trained from scratch for S steps, BN recalibrated the same way, accuracy on the
+  test split (held out from the search, which selected on validation; the validation score is kept
+  too), averaged over --train-seeds trainings.
+
+The report gives Kendall's tau-b and Spearman's rho between the two, the top-k overlap, and the search
+result's percentile among the K stand-alone scores; `context` adds the same tau for the search's own
+batch-statistics score, for losses, and (2+ seeds) between two trainings of each child: the best tau
+any supernet could reach against such a noisy reference.
+
+Cost: a compiled train step per architecture would cost ~10 s of XLA:CPU compile each. Instead each child
+is trained *through the supernet* with its DNA fixed: the supernet's step takes the DNA as a traced
+array, so one compilation serves every architecture, and on a fixed path the supernet computes exactly
+the child (same logits, same gradients on the child's slice of each weight; the rest of each weight gets
+no gradient and never reaches the output). Fresh weights come from the supernet's initialiser with every
+kernel rescaled by sqrt(fan_in_supernet / fan_in_child), which is the child's own fan-in-scaled
+initialisation on the slice the child reads. Devices use one path and synchronised BN statistics, so a
+multi-device step is the single-device child step on the whole batch. Only the short forward-only
+recalibration and evaluation functions are compiled per child.
+"""
+
+from __future__ import annotations
+
+import io as io_lib
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from oneshot import export, io
+from oneshot.errors import UserError
+from spaces.core import DNA, Space
+
+
+def main(argv: Sequence[str]) -> int:
+  parser = export.ArgumentParser(prog="oneshot rank", description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True, help="a search workdir (config.json + checkpoints)")
+  parser.add_argument("--num-archs", type=int, default=20, help="architectures to score (K)")
+  parser.add_argument("--out", required=True, help="rank.json to write (rank.png goes next to it)")
+  parser.add_argument("--train-steps", type=int, default=None,
+                      help="stand-alone training steps per architecture (default: the config's "
+                           "train.standalone_steps, else train.num_steps)")
+  parser.add_argument("--recalibrate-batches", type=int, default=20,
+                      help="train batches for BatchNorm recalibration of every child")
+  parser.add_argument("--top-k", type=int, default=None, help="k of the top-k overlap (default K/4)")
+  parser.add_argument("--train-seeds", type=int, default=1,
+                      help="stand-alone trainings per architecture (scores are averaged; with 2 or "
+                           "more the report gives the seed-to-seed tau, the noise ceiling)")
+  parser.add_argument("--seed", type=int, default=0, help="seed of the architecture sample")
+  args = parser.parse_args(list(argv))
+  report = run(args.workdir, args.num_archs, args.out, train_steps=args.train_steps,
+               recalibrate_batches=args.recalibrate_batches, top_k=args.top_k, seed=args.seed,
+               train_seeds=args.train_seeds)
+  pct = report["search_result_percentile"]
+  print(f"{len(report['archs'])} architectures: Kendall tau {_fmt(report['kendall_tau'])}, Spearman "
+        f"{_fmt(report['spearman'])}, top-{report['top_k']} overlap {report['top_k_overlap']:.2f}; "
+        f"search result at the {_fmt(pct, '.0f')}th percentile of stand-alone accuracy "
+        f"({report['timing']['total_seconds']:.0f} s); wrote {args.out}")
+  return 0
+
+
+def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = None,
+        recalibrate_batches: int = 20, top_k: int | None = None, seed: int = 0,
+        train_seeds: int = 1) -> dict:
+  """Scores the architectures and writes rank.json and rank.png; returns the report."""
+  # pylint: disable=import-outside-toplevel
+  import spaces
+  from oneshot import checkpoint, session as session_lib, supernet, train
+  wall = time.time()
+  for name, value, least in (("--num-archs", num_archs, 2), ("--train-seeds", train_seeds, 1),
+                             ("--recalibrate-batches", recalibrate_batches, 1)):
+    if value < least:
+      raise UserError(f"{name} must be >= {least}, got {value}")
+  if train_steps is not None and train_steps < 1:
+    raise UserError(f"--train-steps must be >= 1, got {train_steps}")
+  out = _check_out(out)
+  checkpoint.require_checkpoint(workdir)
+  config = session_lib.load_search_config(workdir)
+  space = spaces.build(config.space)
+  if space.size < num_archs:
+    raise UserError(f"space {space.name!r} has only {space.size} architectures; use --num-archs <= "
+                    f"{space.size}")
+  k = top_k if top_k is not None else max(1, num_archs // 4)
+  if not 1 <= k <= num_archs:
+    raise UserError(f"--top-k must be in 1..{num_archs}, got {k}")
+  search_dna = _search_dna(workdir, space)
+  sess = session_lib.build(config)
+  params = session_lib.restore_params(sess, workdir)["params"]
+  ds, t = sess.dataset, config.train
+  num_steps = train_steps or train.standalone_steps(config)
+  trainer = _Trainer(sess, train.optimizer(config, num_steps), num_steps)
+  recal = [ds.batch("train", i, t.batch_size, config.seed) for i in range(recalibrate_batches)]
+  trained_supernet = jax.device_get(sess.variables(params))
+  setup_seconds = time.time() - wall
+
+  archs = []
+  for i, dna in enumerate(sample_architectures(space, num_archs, seed, search_dna)):
+    tic = time.time()
+    child = supernet.child_model(space, dna, ds.num_classes, ds.image_shape[-1],
+                                 config.supernet.depthwise)
+    runner = export.ChildRunner(child)
+    # Supernet score: inherited weights, recalibrated BN (and, for comparison, the search's own
+    # batch-statistics score).
+    inherited = runner.recalibrate(supernet.child_variables(space, trained_supernet, dna), recal)
+    supernet_eval = runner.evaluate(inherited, ds, "validation", t.eval_batch_size)
+    batch_stats_acc = session_lib.evaluate(sess, params, dna, "validation")
+    score_seconds = time.time() - tic
+    # Stand-alone score: fresh weights, S steps on this path only, recalibrated BN; mean over seeds.
+    tests, vals = [], []
+    for j in range(train_seeds):
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed + 1), i), j)
+      trained = trainer.train(dna, key, config.seed + j)
+      alone = runner.recalibrate(supernet.child_variables(space, trained, dna), recal)
+      tests.append(runner.evaluate(alone, ds, "test", t.eval_batch_size))
+      vals.append(runner.evaluate(alone, ds, "validation", t.eval_batch_size))
+    row = {**space.to_json(dna), "supernet_accuracy": supernet_eval["accuracy"],
+           "standalone_accuracy": float(np.mean([r["accuracy"] for r in tests])),
+           "standalone_accuracies": [r["accuracy"] for r in tests],
+           "standalone_validation_accuracy": float(np.mean([r["accuracy"] for r in vals])),
+           "supernet_batch_stats_accuracy": batch_stats_acc,
+           "supernet_loss": supernet_eval["loss"],
+           "standalone_loss": float(np.mean([r["loss"] for r in tests])),
+           "standalone_losses": [r["loss"] for r in tests],
+           "num_params": export.count_params(inherited["params"]),
+           "is_search_result": search_dna is not None and tuple(dna) == tuple(search_dna),
+           "seconds": time.time() - tic, "score_seconds": score_seconds}
+    archs.append(row)
+    print(f"[{i + 1}/{num_archs}] {row['string']}: supernet {row['supernet_accuracy']:.4f}, "
+          f"stand-alone {row['standalone_accuracy']:.4f} ({row['seconds']:.1f} s)", file=sys.stderr)
+
+  report = _report(archs, k)
+  report.update({"space": space.name, "workdir": os.path.abspath(workdir), "train_steps": num_steps,
+                 "train_seeds": train_seeds, "recalibrate_batches": recalibrate_batches,
+                 "seed": seed, "standalone_split": "test", "supernet_split": "validation",
+                 "timing": {"setup_seconds": setup_seconds,
+                            "train_step_compile_seconds": trainer.compile_seconds,
+                            "first_arch_seconds": archs[0]["seconds"],
+                            "mean_arch_seconds": float(np.mean([a["seconds"] for a in archs])),
+                            "mean_score_seconds": float(np.mean([a["score_seconds"]
+                                                                 for a in archs])),
+                            "mean_train_seconds_per_seed": trainer.seconds / trainer.runs,
+                            "total_seconds": time.time() - wall}})
+  io.write_json(out, report)
+  plot(report, os.path.splitext(out)[0] + ".png")
+  return report
+
+
+class _Trainer:
+  """Stand-alone training of any child through the supernet's one compiled train step."""
+
+  def __init__(self, sess, tx, num_steps: int):
+    from oneshot import steps  # pylint: disable=import-outside-toplevel
+    self.sess, self.tx, self.num_steps, self.steps = sess, tx, num_steps, steps
+    self.step = steps.make_train_step(sess.model, tx, sess.mesh, sess.frozen, sync_batch_norm=True)
+    self.init = jax.jit(sess.model.init)
+    self.compile_seconds, self.seconds, self.runs = 0.0, 0.0, 0
+
+  def train(self, dna: DNA, key: jax.Array, data_seed: int) -> dict:
+    """Supernet variables (host arrays) after `num_steps` steps on path `dna` from a fresh init."""
+    sess, steps, ds = self.sess, self.steps, self.sess.dataset
+    dummy = jnp.zeros((1,) + tuple(ds.image_shape), jnp.float32)
+    fresh = self.init(key, dummy, jnp.zeros(sess.space.num_decisions, jnp.int32))["params"]
+    p = steps.replicate(sess.mesh, child_init_scale(sess.space, jax.device_get(fresh), dna))
+    opt_state = steps.replicate(sess.mesh, self.tx.init(p))
+    paths = steps.shard_paths(sess.mesh, np.tile(np.asarray(dna, np.int32), (sess.num_devices, 1)))
+    tic = time.time()
+    for i in range(self.num_steps):
+      batch = ds.batch("train", i, sess.config.train.batch_size, data_seed)
+      p, opt_state, _ = self.step(p, opt_state, steps.shard_batch(sess.mesh, batch), paths)
+      if self.runs == 0 and i == 0:
+        jax.block_until_ready(p)
+        self.compile_seconds = time.time() - tic
+    jax.block_until_ready(p)
+    self.seconds += time.time() - tic - (self.compile_seconds if self.runs == 0 else 0.0)
+    self.runs += 1
+    return jax.device_get(sess.variables(p))
+
+
+def _report(archs: Sequence[dict], k: int) -> dict:
+  """The contracted statistics on accuracies, plus the same on other scores for context: accuracies of
+  300 images tie often and carry +-1% binomial noise, so losses and seed-to-seed agreement help read
+  a low tau."""
+  col = lambda key, sign=1.0: [sign * a[key] for a in archs]
+  report = {**correlations(col("supernet_accuracy"), col("standalone_accuracy"), k),
+            "search_result_percentile": search_percentile(archs), "archs": list(archs)}
+  report["context"] = {
+      "kendall_tau_batch_stats": correlations(col("supernet_batch_stats_accuracy"),
+                                              col("standalone_accuracy"), k)["kendall_tau"],
+      "kendall_tau_vs_standalone_validation": correlations(
+          col("supernet_accuracy"), col("standalone_validation_accuracy"), k)["kendall_tau"],
+      "kendall_tau_loss": correlations(col("supernet_loss", -1.0), col("standalone_loss", -1.0),
+                                       k)["kendall_tau"],
+      "kendall_tau_supernet_loss_vs_standalone_accuracy": correlations(
+          col("supernet_loss", -1.0), col("standalone_accuracy"), k)["kendall_tau"]}
+  if len(archs[0]["standalone_accuracies"]) >= 2:  # the noise ceiling: one training seed vs another
+    for key, name in (("standalone_accuracies", ""), ("standalone_losses", "_loss")):
+      seeds = [a[key] for a in archs]
+      report["context"][f"kendall_tau_seed0_vs_seed1{name}"] = correlations(
+          [s[0] for s in seeds], [s[1] for s in seeds], k)["kendall_tau"]
+  return report
+
+
+def sample_architectures(space: Space, num: int, seed: int, include: DNA | None = None) -> list[DNA]:
+  """`include` (the search result) plus distinct points where, per decision, the choices appear equally
+  often (+-1) in an independent random order (a Latin-hypercube-style design), so even K=20 exercises
+  every choice of every decision; invalid or repeated rows are redrawn uniformly."""
+  rng = np.random.default_rng(seed)
+  chosen = [tuple(include)] if include is not None else []
+  n = num - len(chosen)
+  columns = [rng.permutation(np.arange(n) % d.num_choices) for d in space.decisions]
+  for row in (zip(*columns) if n > 0 else ()):
+    dna = tuple(int(c) for c in row)
+    while dna in chosen or not space.is_valid(dna):
+      dna = tuple(int(c) for c in space.sample(rng))
+    chosen.append(dna)
+  return chosen
+
+
+def child_init_scale(space: Space, params: dict, dna: DNA) -> dict:
+  """Fresh supernet params whose slice for `dna` is distributed as the child's own initialisation.
+
+  Every kernel initialiser here draws iid values with std proportional to 1/sqrt(fan_in), fan_in the
+  product of all but the last dimension; a prefix/centre slice of a supernet kernel has the supernet's
+  (larger) fan_in, so the whole kernel is rescaled by sqrt(fan_in_supernet / fan_in_child). Layers the
+  child does not use are left alone (they get no gradient and never reach the output).
+  """
+  from oneshot import supernet  # pylint: disable=import-outside-toplevel
+  child = supernet.child_variables(space, {"params": params}, dna)["params"]
+
+  def rescale(tree, sliced):
+    out = {}
+    for name, value in tree.items():
+      if isinstance(value, dict):
+        out[name] = rescale(value, sliced.get(name, {})) if name in sliced else value
+      elif name == "kernel" and name in sliced:
+        ratio = np.prod(np.shape(value)[:-1]) / np.prod(np.shape(sliced[name])[:-1])
+        out[name] = np.asarray(value) * np.float32(np.sqrt(ratio))
+      else:
+        out[name] = value
+    return out
+
+  return rescale(params, child)
+
+
+def correlations(supernet_scores: Sequence[float], standalone_scores: Sequence[float],
+                 k: int) -> dict[str, Any]:
+  """Kendall's tau-b and Spearman's rho (ties handled, None when a score is constant) and the overlap
+  of the two top-k sets (ties broken by sample order)."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel  # scikit-learn depends on it
+  x, y = np.asarray(supernet_scores, float), np.asarray(standalone_scores, float)
+  nan_to_none = lambda v: None if v is None or not np.isfinite(v) else float(v)
+  constant = np.ptp(x) == 0 or np.ptp(y) == 0
+  tau = None if constant else nan_to_none(stats.kendalltau(x, y).statistic)
+  rho = None if constant else nan_to_none(stats.spearmanr(x, y).statistic)
+  top = lambda s: set(np.argsort(-s, kind="stable")[:k].tolist())
+  return {"kendall_tau": tau, "spearman": rho, "top_k": k,
+          "top_k_overlap": len(top(x) & top(y)) / k}
+
+
+def search_percentile(archs: Sequence[dict]) -> float | None:
+  """Percent of the other architectures whose stand-alone accuracy is below the search result's (ties
+  count half); 100 = best of the sample. None when the search has no result yet."""
+  mine = [a for a in archs if a["is_search_result"]]
+  others = [a["standalone_accuracy"] for a in archs if not a["is_search_result"]]
+  if not mine or not others:
+    return None
+  r = mine[0]["standalone_accuracy"]
+  below = sum(o < r for o in others) + 0.5 * sum(o == r for o in others)
+  return 100.0 * below / len(others)
+
+
+def plot(report: dict, path: str) -> None:
+  """Scatter of supernet vs stand-alone accuracy, the search result starred."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  archs = report["archs"]
+  fig, ax = plt.subplots(figsize=(5, 4.2))
+  rest = [a for a in archs if not a["is_search_result"]]
+  ax.scatter([a["supernet_accuracy"] for a in rest], [a["standalone_accuracy"] for a in rest],
+             s=22, color="tab:blue", label="sampled")
+  mine = [a for a in archs if a["is_search_result"]]
+  if mine:
+    ax.scatter([mine[0]["supernet_accuracy"]], [mine[0]["standalone_accuracy"]], marker="*", s=180,
+               color="tab:red", label="search result")
+  ax.set_xlabel("supernet accuracy (recalibrated BN, validation)")
+  ax.set_ylabel(f"stand-alone accuracy ({report['train_steps']} steps, test)")
+  ax.set_title(f"{report['space']}: Kendall tau {_fmt(report['kendall_tau'])}, Spearman "
+               f"{_fmt(report['spearman'])}", fontsize=10)
+  ax.legend(fontsize=8, loc="lower right")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  buffer = io_lib.BytesIO()
+  fig.savefig(buffer, format="png", dpi=110)
+  plt.close(fig)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".png")
+  with os.fdopen(fd, "wb") as f:
+    f.write(buffer.getvalue())
+  os.replace(tmp, path)
+
+
+def _search_dna(workdir: str, space: Space) -> DNA | None:
+  import json  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, "search_result.json")
+  if not os.path.exists(path):
+    print(f"note: {workdir} has no search_result.json yet; ranking without the search result",
+          file=sys.stderr)
+    return None
+  with open(path) as f:
+    return space.from_json(json.load(f))
+
+
+def _check_out(out: str) -> str:
+  path = os.path.abspath(os.path.expanduser(out))
+  if os.path.isdir(path):
+    raise UserError(f"--out {out} is a directory; give a file name such as {out}/rank.json")
+  export.check_writable(path, "--out")
+  return path
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+  return "n/a" if value is None else format(value, spec)
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

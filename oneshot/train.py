@@ -1,0 +1,205 @@
+"""`oneshot train`: train an exported subnet stand-alone, from scratch or from its exported weights.
+
+The same data pipeline as the search (global batch `step` of the train split is a pure function of seed
+and step), the config's optimizer, and orbax checkpoints under WORKDIR/checkpoints, so a killed run
+resumes exactly where it stopped. BatchNorm keeps its running averages the usual way (momentum EMA in
+train mode) and the final accuracies use them (eval mode). A single device is plenty for a child.
+
+Length: `config.train.standalone_steps` when the config has it (and it is > 0), else `train.num_steps`;
+the learning-rate schedule spans that many steps.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import flags
+
+from oneshot import checkpoint, configuration, data, export, io, steps
+from oneshot.errors import UserError
+
+SETUP_FILE = "train_setup.json"
+RESULT_FILE = "train_result.json"
+
+
+def main(argv: Sequence[str]) -> int:
+  def define(fv):
+    flags.DEFINE_string("arch", None, "An export directory (oneshot export --out).", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "Output directory; an existing one is resumed.",
+                        flag_values=fv)
+    flags.DEFINE_bool("init_from_export", False,
+                      "Fine-tune from the exported weights instead of a fresh initialisation.",
+                      flag_values=fv)
+  # The issue spells it --init-from-export; absl spells flags with underscores. Accept both.
+  argv = [a.replace("init-from-export", "init_from_export", 1)
+          if a.lstrip("-").startswith(("init-from-export", "noinit-from-export")) else a for a in argv]
+  fv = configuration.parse_flags(argv, define, command="train", config_required=False)
+  if not fv.arch:
+    raise UserError("--arch is required: a directory written by `oneshot export --out DIR`")
+  if not fv.workdir:
+    raise UserError("--workdir is required, e.g. --workdir workdirs/digits-child")
+  result = run(fv.config, fv.arch, fv.workdir, init_from_export=fv.init_from_export)
+  if result is None:
+    return 0
+  print(f"trained {result['space']} {result['string']} for {result['steps']} steps "
+        f"({result['wall_seconds']:.0f} s): test accuracy {result['test_accuracy']:.4f}, validation "
+        f"{result['validation_accuracy']:.4f}; wrote {os.path.join(fv.workdir, RESULT_FILE)}")
+  return 0
+
+
+def standalone_steps(config: ml_collections.ConfigDict) -> int:
+  steps_ = int(config.train.get("standalone_steps", 0) or 0)
+  return steps_ if steps_ > 0 else int(config.train.num_steps)
+
+
+def optimizer(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+  """The config's optimizer with its schedule stretched over `num_steps`."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.train.num_steps = num_steps
+  return steps.make_optimizer(config)
+
+
+def make_train_step(model: Any, tx: optax.GradientTransformation) -> Callable:
+  """(params, batch_stats, opt_state, image, label) -> (params, batch_stats, opt_state, metrics).
+
+  As the search's step, a NaN/Inf loss leaves every state unchanged and reports `finite=0`.
+  """
+
+  @jax.jit
+  def train_step(params, batch_stats, opt_state, image, label):
+    def loss_fn(p):
+      logits, new = model.apply({"params": p, "batch_stats": batch_stats}, image, train=True,
+                                mutable=["batch_stats"])
+      loss = steps.cross_entropy(logits, label).mean()
+      return loss, (new["batch_stats"], (logits.argmax(-1) == label).mean())
+
+    (loss, (new_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, new_opt = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    metrics = {"loss": loss, "accuracy": accuracy, "finite": finite.astype(jnp.int32)}
+    return (keep(new_params, params), keep(new_stats, batch_stats), keep(new_opt, opt_state),
+            metrics)
+
+  return train_step
+
+
+def run(config: ml_collections.ConfigDict, arch_dir: str, workdir: str, *,
+        init_from_export: bool = False, stop_after: int | None = None) -> dict | None:
+  """Trains (or resumes); returns train_result.json's dict, or None when stopped early.
+
+  `stop_after` ends the run after that many steps, as a preemption would (resume tests).
+  """
+  record = export.read_architecture(arch_dir)
+  dataset = data.load(config.dataset)
+  _check_dataset(record, dataset)
+  model, exported = export.load(arch_dir)
+  t = config.train
+  num_steps = standalone_steps(config)
+  for name in ("batch_size", "eval_batch_size", "checkpoint_every", "log_every"):
+    if int(t[name]) <= 0:
+      raise UserError(f"--config.train.{name} must be positive, got {t[name]}")
+  setup = {"space": record["space"], "dna": record["dna"], "string": record["string"],
+           "arch": os.path.abspath(arch_dir), "init_from_export": bool(init_from_export),
+           "steps": num_steps}
+  workdir = io.ensure_workdir(workdir)
+  _check_setup(workdir, setup)
+  tx = optimizer(config, num_steps)
+  if init_from_export:
+    variables = exported
+  else:
+    variables = jax.jit(model.init)(jax.random.PRNGKey(config.seed),
+                                    jnp.zeros((1,) + dataset.image_shape, jnp.float32))
+  state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
+           "opt_state": tx.init(variables["params"]), "step": np.zeros((), np.int32),
+           "wall_seconds": np.zeros((), np.float32)}
+  mngr = checkpoint.manager(workdir)
+  restored = checkpoint.restore_latest(mngr, state)
+  if restored is not None:
+    state = restored[1]
+    print(f"resuming {workdir} from step {int(state['step'])}", file=sys.stderr)
+  else:
+    io.write_text(os.path.join(workdir, "config.json"), configuration.to_json(config))
+    io.write_json(os.path.join(workdir, SETUP_FILE), setup)
+  start = int(state["step"])
+
+  train_step = make_train_step(model, tx)
+  metrics_log = io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start)
+  progress = io.Progress(num_steps, t.log_every)
+  wall_start = time.time() - float(state["wall_seconds"])
+  nonfinite = 0
+  try:
+    for step in range(start, num_steps):
+      batch = dataset.batch("train", step, t.batch_size, config.seed)
+      state["params"], state["batch_stats"], state["opt_state"], m = train_step(
+          state["params"], state["batch_stats"], state["opt_state"], batch["image"], batch["label"])
+      nonfinite = 0 if int(m["finite"]) else nonfinite + 1
+      if nonfinite >= t.max_nonfinite_steps:
+        raise UserError(f"{nonfinite} consecutive steps had a NaN/Inf loss at step {step}; lower "
+                        "--config.train.learning_rate (the last good checkpoint is kept)")
+      done = step + 1
+      state["step"] = np.asarray(done, np.int32)
+      state["wall_seconds"] = np.asarray(time.time() - wall_start, np.float32)
+      if done % t.log_every == 0 or done == num_steps:
+        metrics_log.write({"step": done, "loss": float(m["loss"]),
+                           "accuracy": float(m["accuracy"]), "nonfinite": 1 - int(m["finite"])})
+      progress.update(done, f"loss {float(m['loss']):.3f} acc {float(m['accuracy']):.3f}")
+      if done % t.checkpoint_every == 0 or done == num_steps:
+        checkpoint.save(mngr, done, state)
+      if stop_after is not None and done - start >= stop_after and done < num_steps:
+        if done % t.checkpoint_every:
+          checkpoint.save(mngr, done, state)
+        progress.close()
+        print(f"stopped at step {done} and checkpointed; run the same command to resume",
+              file=sys.stderr)
+        return None
+  finally:
+    metrics_log.close()
+  progress.close()
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  runner = export.ChildRunner(model)
+  result = {**{k: setup[k] for k in ("space", "dna", "string", "arch", "init_from_export")},
+            "test_accuracy": runner.accuracy(variables, dataset, "test", t.eval_batch_size),
+            "validation_accuracy": runner.accuracy(variables, dataset, "validation",
+                                                   t.eval_batch_size),
+            "steps": int(state["step"]), "wall_seconds": time.time() - wall_start,
+            "num_params": export.count_params(state["params"])}
+  io.write_json(os.path.join(workdir, RESULT_FILE), result)
+  return result
+
+
+def _check_dataset(record: dict, dataset: data.Dataset) -> None:
+  if (dataset.num_classes != int(record["num_classes"]) or
+      list(dataset.image_shape) != [int(d) for d in record["image_shape"]]):
+    raise UserError(f"the export was made for {record.get('dataset')!r} ({record['num_classes']} "
+                    f"classes, images {tuple(record['image_shape'])}) but --config.dataset gives "
+                    f"{dataset.name!r} ({dataset.num_classes} classes, images {dataset.image_shape}); "
+                    "use the search's dataset config")
+
+
+def _check_setup(workdir: str, setup: dict) -> None:
+  """A workdir resumes only the run it started: same architecture, same initialisation, same length."""
+  import json  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, SETUP_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    previous = json.load(f)
+  for key in ("space", "dna", "init_from_export", "steps"):
+    if previous.get(key) != setup[key]:
+      raise UserError(f"{workdir} holds a run with {key}={previous.get(key)!r}, not {setup[key]!r}; "
+                      "use a new --workdir or the original flags")
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
