@@ -120,11 +120,24 @@ def maybe_initialize(config_or_none: Any = None, *, coordinator_address: str | N
     return
   if settings.num_processes == 1:
     return
+  _enable_cpu_collectives(jax)
   jax.distributed.initialize(coordinator_address=settings.coordinator_address,
                              num_processes=settings.num_processes,
                              process_id=settings.process_id,
                              local_device_ids=(list(settings.local_device_ids)
                                                if settings.local_device_ids is not None else None))
+
+
+def _enable_cpu_collectives(jax: Any) -> None:
+  """Cross-process collectives on the CPU backend (localhost tests, CPU clusters) need an
+  implementation chosen before the backend starts; without one, the first cross-process `psum` fails.
+  jax 0.10 defaults to gloo; where it is unset (other jax releases), pick gloo, since no implementation
+  cannot run a multi-process job. A user's choice of mpi is kept. TPU/GPU backends ignore the option."""
+  try:
+    if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except AttributeError:  # a jax without the option: nothing to choose
+    pass
 
 
 def is_primary() -> bool:

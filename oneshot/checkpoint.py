@@ -5,35 +5,163 @@ The data position needs no saving: batches are a pure function of (seed, step). 
 our step sizes (small supernets), which keeps SIGTERM/SIGKILL semantics simple: a step directory exists
 only once complete (orbax writes to a temporary name and renames). A newest checkpoint that fails to
 restore (e.g. truncated by a crash of the file system) is skipped with a warning in favour of an older one.
+
+Multi-process: every process calls `save` and `restore_latest` (orbax synchronises them and writes each
+global array once). Host-local leaves (the controller state and optax's step count live on one local
+device, identical on every process) cannot be saved as jax arrays there, so they travel as numpy arrays,
+which orbax writes from process 0 only.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shutil
 import sys
+import threading
+import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from oneshot.errors import UserError
 
 
 def manager(workdir: str, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+  """`cleanup_tmp_directories`: a save cut short by SIGKILL or a full disk leaves a
+  `N.orbax-checkpoint-tmp` directory; the next writable manager deletes it."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                         enable_async_checkpointing=False, read_only=read_only)
+                                         enable_async_checkpointing=False, read_only=read_only,
+                                         cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
-  mngr.save(step, args=ocp.args.StandardSave(state), force=True)
-  mngr.wait_until_finished()
+  """Saves synchronously; a failed write (disk full, directory gone read-only) is one `UserError`.
+
+  Orbax logs a write failure from each of its worker threads, traceback included, before raising it;
+  those records are dropped here because the error is reported once, as one line, by the caller.
+  """
+  if step in mngr.all_steps():
+    _set_aside(mngr, step)
+  quiet = _DropOrbaxRecords()
+  logging.getLogger("absl").addFilter(quiet)
+  try:
+    mngr.save(step, args=ocp.args.StandardSave(_host_local_as_numpy(state)), force=True)
+    mngr.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except  # only write failures are turned into one line
+    reason = _write_failure(e)
+    if reason is None:
+      raise
+    _drop_closed_loop_callbacks()
+    try:
+      mngr.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except  # the same failure, already being reported
+      pass
+    _join_orbax_threads()
+    if jax.process_index() == 0:  # free what the partial step took; the older steps stay intact
+      _remove_partial_step(os.fspath(mngr.directory), step)
+    raise UserError(f"cannot write checkpoint {step} in {mngr.directory}: {reason}; free disk space "
+                    "or pick another --workdir, then run the same command to resume from the last "
+                    "checkpoint") from None
+  finally:
+    logging.getLogger("absl").removeFilter(quiet)
+
+
+def _set_aside(mngr: ocp.CheckpointManager, step: int) -> None:
+  """Renames an existing step directory to `N.unreadable[-k]` so that step can be saved again.
+
+  A step exists before it is saved only when `restore_latest` skipped it as unreadable and the run
+  resumed from an older one. Orbax refuses to overwrite it, and deleting it would destroy the evidence
+  if the read failure was transient; renamed, orbax no longer lists it.
+  """
+  directory = os.fspath(mngr.directory)
+  if jax.process_index() == 0:
+    target, k = os.path.join(directory, f"{step}.unreadable"), 1
+    while os.path.exists(target):
+      target, k = os.path.join(directory, f"{step}.unreadable-{k}"), k + 1
+    os.rename(os.path.join(directory, str(step)), target)
+    print(f"warning: moved unreadable checkpoint {step} aside to {target}", file=sys.stderr)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(f"oneshot-set-aside-{step}")
+  mngr.reload()
+
+
+def _remove_partial_step(directory: str, step: int) -> None:
+  """Deletes `step`'s temporary directory. Orbax's executor may still be creating subdirectories of it
+  for a moment after the failure, so it is removed until it stays gone (a stray one would also be
+  removed by the next run's manager, see `manager`)."""
+  quiet_checks = 0
+  for _ in range(50):
+    partial = [n for n in os.listdir(directory) if n.startswith(f"{step}.orbax-checkpoint-tmp")]
+    for name in partial:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    quiet_checks = 0 if partial else quiet_checks + 1
+    if quiet_checks == 3:
+      return
+    time.sleep(0.05)
+
+
+def _join_orbax_threads(timeout: float = 60.0) -> None:
+  """Waits for orbax's writer threads, which outlive a failed save: left running, they would recreate
+  the partial step directory after it is removed, and fail noisily at interpreter exit."""
+  for thread in threading.enumerate():
+    if thread is not threading.current_thread() and type(thread).__module__.startswith("orbax"):
+      try:
+        thread.join(timeout)
+      except Exception:  # pylint: disable=broad-except  # orbax's join re-raises the thread's failure
+        pass
+
+
+class _DropOrbaxRecords(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "orbax" not in record.pathname or record.levelno < logging.ERROR
+
+
+def _write_failure(e: BaseException | None) -> str | None:
+  """The OS reason ('No space left on device') if `e` or an exception it chains is a failed file
+  write, else None.
+
+  Orbax reports tensorstore write errors as ValueError text ending in `[os_error_code='28']`, sometimes
+  as the context of a follow-up error raised while its event loop shuts down.
+  """
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError):
+      return e.strerror or str(e)
+    text = str(e)
+    if "os_error_code" in text:
+      match = re.search(r":\s*([^:\[]+?)\s*\[os_error_code", text)
+      return match.group(1) if match else text.splitlines()[0][:200]
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """After a failed save, tensorstore still completes the writes orbax had started and calls back into
+  orbax's event loop, which is closed by then: each callback raises 'Event loop is closed' as an
+  unraisable exception, printed with a traceback. Those (and only those) are dropped from now on; the
+  failure itself is reported once by the caller."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
 
 
 def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[int, Any] | None:
   """(step, state) of the newest checkpoint that restores, or None when there is none."""
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  abstract = jax.tree.map(_abstract, _host_local_as_numpy(target))
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
       return step, mngr.restore(step, args=ocp.args.StandardRestore(abstract))
@@ -42,6 +170,23 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[int, Any] 
             f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
             "trying an older one", file=sys.stderr)
   return None
+
+
+def _host_local_as_numpy(tree: Any) -> Any:
+  """In a multi-process job, host-local jax arrays -> numpy (orbax refuses them; see the docstring)."""
+  if jax.process_count() == 1:
+    return tree
+  def convert(leaf):
+    if isinstance(leaf, jax.Array) and leaf.is_fully_addressable:
+      return np.asarray(leaf)
+    return leaf
+  return jax.tree.map(convert, tree)
+
+
+def _abstract(leaf: Any) -> Any:
+  """The restore target of one leaf: numpy stays numpy (restored on every process), arrays keep their
+  sharding."""
+  return leaf if isinstance(leaf, np.ndarray) else ocp.utils.to_shape_dtype_struct(leaf)
 
 
 def require_checkpoint(workdir: str) -> ocp.CheckpointManager:

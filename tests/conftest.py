@@ -36,3 +36,31 @@ def tiny_config(**train):
 @pytest.fixture
 def tiny():
   return tiny_config
+
+
+def config_file(path, config) -> str:
+  """`config` (configs/digits.py changed, e.g. tiny_config()) as a config file for a fresh process.
+
+  The file is configs/digits.py plus one assignment per changed field, so `oneshot search --config` in a
+  subprocess sees exactly this config, and `--config.*` overrides keep the field types of the real file.
+  It imports nothing from tests/, whose conftest would set this process's device count in the child.
+  """
+  from configs.digits import get_config  # pylint: disable=import-outside-toplevel
+  base, new = _flatten(get_config().to_dict()), _flatten(config.to_dict())
+  lines = ["from configs.digits import get_config as _digits", "", "", "def get_config():",
+           "  c = _digits()"]
+  lines += [f"  c.{key} = {value!r}" for key, value in new.items() if base.get(key, object()) != value]
+  lines.append("  return c")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return str(path)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
