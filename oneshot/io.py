@@ -18,7 +18,9 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def write_text(path: str, text: str) -> None:
+  """Atomic write; on failure (disk full, read-only) the temporary file is removed, the old file kept."""
   directory = os.path.dirname(os.path.abspath(path))
+  tmp = None
   try:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
@@ -26,6 +28,8 @@ def write_text(path: str, text: str) -> None:
       f.write(text)
     os.replace(tmp, path)
   except OSError as e:
+    if tmp is not None and os.path.exists(tmp):
+      os.remove(tmp)
     raise UserError(f"cannot write {path}: {e.strerror}; check that the directory is writable and "
                     "the disk is not full") from None
 
@@ -43,9 +47,21 @@ def ensure_workdir(path: str) -> str:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
     raise UserError(f"cannot create workdir {path}: {e.strerror}; pick a writable --workdir") from None
-  if not os.access(path, os.W_OK):
+  if not os.access(path, os.W_OK) or not _can_create_file(path):
     raise UserError(f"workdir {path} is not writable; pick a writable --workdir")
   return path
+
+
+def _can_create_file(directory: str) -> bool:
+  """Tries it: `os.access` can say yes where creating a file fails (root on /sys, some network and
+  read-only mounts), and the first real write would then fail mid-run instead of up front."""
+  try:
+    fd, probe = tempfile.mkstemp(dir=directory, prefix=".tmp-probe-")
+  except OSError:
+    return False
+  os.close(fd)
+  os.remove(probe)
+  return True
 
 
 class MetricsLog:
@@ -68,8 +84,12 @@ class MetricsLog:
     self._file: TextIO = open(path, "a")
 
   def write(self, row: dict) -> None:
-    self._file.write(json.dumps(row, default=_default) + "\n")
-    self._file.flush()
+    try:
+      self._file.write(json.dumps(row, default=_default) + "\n")
+      self._file.flush()
+    except OSError as e:  # a cut line is dropped on resume (see __init__)
+      raise UserError(f"cannot write {self.path}: {e.strerror}; check that the directory is writable "
+                      "and the disk is not full, then run the same command to resume") from None
 
   def close(self) -> None:
     self._file.close()
@@ -78,9 +98,10 @@ class MetricsLog:
 class Progress:
   """A one-line progress bar on a terminal; plain log lines every `every` steps otherwise."""
 
-  def __init__(self, total: int, every: int, stream: TextIO = sys.stderr):
-    self.total, self.every, self.stream = total, max(1, every), stream
-    self.tty = stream.isatty()
+  def __init__(self, total: int, every: int, stream: TextIO | None = None):
+    # sys.stderr looked up now, not at import: it may have been replaced since (tests, notebooks)
+    self.total, self.every, self.stream = total, max(1, every), stream or sys.stderr
+    self.tty = self.stream.isatty()
     self.start = time.time()
 
   def update(self, step: int, text: str) -> None:

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+from oneshot.errors import UserError  # pylint: disable=wrong-import-position
 from spaces.core import Space  # pylint: disable=wrong-import-position
 
 
@@ -49,7 +50,14 @@ def _save(fig, path: str) -> None:
   fig.savefig(buffer, format="png", dpi=110)
   plt.close(fig)
   directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-  with os.fdopen(fd, "wb") as f:
-    f.write(buffer.getvalue())
-  os.replace(tmp, path)
+  tmp = None
+  try:
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
+    with os.fdopen(fd, "wb") as f:
+      f.write(buffer.getvalue())
+    os.replace(tmp, path)
+  except OSError as e:  # disk full or read-only: one line, and no partial temporary file left behind
+    if tmp is not None and os.path.exists(tmp):
+      os.remove(tmp)
+    raise UserError(f"cannot write {path}: {e.strerror}; check that the directory is writable and "
+                    "the disk is not full") from None

@@ -88,9 +88,17 @@ def build(config: ml_collections.ConfigDict) -> Session:
 
 
 def _check_positive(config) -> None:
-  for name in ("num_steps", "batch_size", "reward_batch_size", "eval_batch_size"):
-    if int(config.train[name]) <= 0:
-      raise UserError(f"--config.train.{name} must be positive, got {config.train[name]}")
+  """The loop's counters and fractions, checked up front (and by `oneshot search --dry-run`): a zero
+  `log_every` or `checkpoint_every` would otherwise fail at the first step, after the compile."""
+  t = config.train
+  for name in ("num_steps", "batch_size", "reward_batch_size", "eval_batch_size", "log_every",
+               "checkpoint_every", "max_nonfinite_steps"):
+    if name in t and int(t[name]) <= 0:
+      raise UserError(f"--config.train.{name} must be positive, got {t[name]}")
+  if "warmup_steps" in t and int(t.warmup_steps) < 0:
+    raise UserError(f"--config.train.warmup_steps must be >= 0, got {t.warmup_steps}")
+  if "uniform_fraction" in t and not 0.0 <= float(t.uniform_fraction) <= 1.0:
+    raise UserError(f"--config.train.uniform_fraction must be in [0, 1], got {t.uniform_fraction}")
 
 
 def evaluate(session: Session, params, dna, split: str = "validation") -> float:

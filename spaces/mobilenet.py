@@ -8,12 +8,15 @@ stages, blocks and strides come from the config, so a digits config is tiny and 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import numbers
+from typing import Any, Mapping, Sequence
 
+from oneshot.errors import UserError
 from spaces.core import Decision, Space
 
 
 def build(config: Mapping[str, Any]) -> Space:
+  _check(config)
   stages = [tuple(int(v) for v in s) for s in config["stages"]]
   decisions = []
   blocks = []
@@ -40,3 +43,38 @@ def build(config: Mapping[str, Any]) -> Space:
 def stage_channels(filters: int, multiplier: float) -> int:
   """Active filters of a stage at a width multiplier: the prefix kept by the TuNAS-style mask."""
   return max(1, int(round(filters * float(multiplier))))
+
+
+def _check(config: Mapping[str, Any]) -> None:
+  """Every skeleton field has the right shape before any layer is sized from it: a wrong value from a
+  `--config.space.*` override fails here, in one line, not as a shape error deep inside Flax."""
+  def is_int(v, low):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
+
+  def fail(field, value, want, example):
+    example = f"'{example}'" if " " in str(example) else example
+    raise UserError(f"--config.space.{field}={value!r} is not {want}; e.g. "
+                    f"--config.space.{field}={example}")
+
+  def choices(field, ok, want, example):
+    value = config.get(field)
+    if not isinstance(value, Sequence) or isinstance(value, str) or not value or not all(
+        ok(v) for v in value):
+      fail(field, value, want, example)
+
+  for field, low, example in (("stem_filters", 1, 16), ("stem_stride", 1, 1), ("head_filters", 0, 0)):
+    value = config.get(field, low)
+    if not is_int(value, low):
+      fail(field, value, f"an integer >= {low}", example)
+  stages = config.get("stages")
+  if (not isinstance(stages, Sequence) or isinstance(stages, str) or not stages or not all(
+      isinstance(s, Sequence) and not isinstance(s, str) and len(s) == 3 and all(is_int(v, 1) for v in s)
+      for s in stages)):
+    fail("stages", stages, "a non-empty list of (filters, blocks, stride) triples of positive integers",
+         "((16, 2, 1), (24, 2, 2))")
+  choices("kernel_sizes", lambda v: is_int(v, 1) and v % 2 == 1,
+          "a non-empty list of odd positive kernel sizes", "(3, 5, 7)")
+  choices("expansion_ratios", lambda v: is_int(v, 1), "a non-empty list of positive integers", "(3, 6)")
+  choices("width_multipliers",
+          lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < float("inf"),
+          "a non-empty list of positive numbers", "(0.5, 1.0)")

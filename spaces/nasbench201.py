@@ -6,6 +6,7 @@ Edge order and the string format follow the benchmark exactly so tables and pape
 
 from __future__ import annotations
 
+import numbers
 import re
 from typing import Any, Mapping, Sequence
 
@@ -59,8 +60,13 @@ class NasBench201Space(Space):
 def build(config: Mapping[str, Any]) -> Space:
   decisions = tuple(Decision(f"edge({dst}<-{src})", OPS) for dst, src in EDGES)
   # Defaults are NAS-Bench-201's CIFAR skeleton (C=16, N=5); digits configs set smaller ones.
-  skeleton = dict(channels=int(config.get("channels", 16)),
-                  cells_per_stage=int(config.get("cells_per_stage", 5)))
+  skeleton = {}
+  for field, default in (("channels", 16), ("cells_per_stage", 5)):
+    value = config.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+      raise UserError(f"--config.space.{field}={value!r} is not a positive integer; e.g. "
+                      f"--config.space.{field}={default}")
+    skeleton[field] = int(value)
   return NasBench201Space("nasbench201", decisions, skeleton)
 
 
