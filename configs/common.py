@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 128     # = reward batch: one compiled forward serves both
   c.train.log_every = 10
   c.train.checkpoint_every = 50
+  c.train.standalone_steps = 0      # oneshot train / rank: child training steps (0: num_steps)
   c.train.max_nonfinite_steps = 10  # consecutive NaN/Inf losses before the search stops
 
   c.controller = ml_collections.ConfigDict()

@@ -12,6 +12,10 @@ from typing import Any, TextIO
 from oneshot.errors import UserError
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def write_json(path: str, obj: Any) -> None:
   """Writes `obj` to `path` atomically: readers see the old file or the new one, never a prefix."""
   write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_default) + "\n")
@@ -26,6 +30,7 @@ def write_text(path: str, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     with os.fdopen(fd, "w") as f:
       f.write(text)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should read like any other file
     os.replace(tmp, path)
   except OSError as e:
     if tmp is not None and os.path.exists(tmp):

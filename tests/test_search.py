@@ -87,3 +87,15 @@ def test_cli_has_no_traceback_for_bad_input_in_a_fresh_process(tmp_path):
   assert proc.returncode == 2
   assert "Traceback" not in proc.stderr
   assert "no_such_dataset" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("name", ["enas", "evolution", "random"])
+def test_every_controller_drives_the_search(name, tmp_path):
+  config = tiny_config(num_steps=4, checkpoint_every=4, log_every=2)
+  config.controller.name = name
+  result = search.run(config, str(tmp_path))
+  assert result["controller_name"] == name and result["steps"] == 4
+  assert len(result["dna"]) == len(result["controller"])
+  assert os.path.getsize(tmp_path / "controller.png") > 1000
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert [json.loads(line)["step"] for line in f] == [2, 4]
