@@ -19,6 +19,8 @@ import json
 import os
 import re
 import resource
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -134,25 +136,36 @@ def test_existing_unwritable_workdir(capsys, tiny_file, workdir):
   assert set(os.listdir(workdir)) <= before
 
 
-@pytest.fixture
-def file_size_limit():
-  """Sets RLIMIT_FSIZE for this process (a full disk, see the module docstring); restores it after."""
-  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-  yield lambda size: resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
-  resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+def _run_with_file_size_limit(argv: list[str], size: int) -> tuple[int, str]:
+  """Runs the CLI in a child process whose files may not grow past `size` bytes (a full disk, see the
+  module docstring). A child process, because the limit also binds pytest's own output files."""
+  def limit():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+  proc = subprocess.run([sys.executable, "-m", "oneshot.cli", *argv], capture_output=True, text=True,
+                        preexec_fn=limit, timeout=600, cwd=REPO)
+  return proc.returncode, proc.stderr
 
 
-def test_full_workdir_while_checkpointing(capsys, tmp_path, file_size_limit):
+def _one_error_line(stderr: str, *needles: str) -> str:
+  lines = [l for l in stderr.splitlines() if "error:" in l]
+  assert len(lines) == 1 and "Traceback" not in stderr, stderr
+  for needle in needles:
+    assert needle in lines[0], (needle, lines[0])
+  return lines[0]
+
+
+@pytest.mark.slow
+def test_full_workdir_while_checkpointing(tmp_path):
   config = tiny_config(num_steps=4, checkpoint_every=2)
-  if "compilation_cache_dir" in config:
-    config.compilation_cache_dir = ""  # the XLA cache is not under test (and not in the workdir)
+  config.compilation_cache_dir = ""  # the XLA cache is not under test (and not in the workdir)
   data.load(config.dataset)  # prepare the dataset (a first run writes it) before the disk "fills"
   workdir = tmp_path / "w"
   # Room for config.json, metrics and history (a few kB), not for a checkpoint (tens of kB).
-  file_size_limit(16 * 1024)
-  _fails(capsys, ["search", "--config", config_file(tmp_path / "tiny.py", config),
-                  "--workdir", str(workdir)],
-         "cannot write checkpoint 2", "File too large", "free disk space", "resume")
+  code, stderr = _run_with_file_size_limit(
+      ["search", "--config", config_file(tmp_path / "tiny.py", config), "--workdir", str(workdir)],
+      16 * 1024)
+  assert code == 2
+  _one_error_line(stderr, "cannot write checkpoint 2", "File too large", "free disk space", "resume")
   assert not os.path.exists(workdir / "search_result.json")
   assert not [n for n in os.listdir(workdir / "checkpoints")]  # the partial step was removed
   _no_temporary_files(workdir)
@@ -161,11 +174,12 @@ def test_full_workdir_while_checkpointing(capsys, tmp_path, file_size_limit):
     json.loads(line)
 
 
-def test_full_workdir_at_the_first_write(capsys, tmp_path, tiny_file, file_size_limit):
+def test_full_workdir_at_the_first_write(tmp_path, tiny_file):
   workdir = tmp_path / "w"
-  file_size_limit(64)
-  _fails(capsys, ["search", "--config", tiny_file, "--workdir", str(workdir)],
-         "config.json", "File too large", "the disk is not full")
+  code, stderr = _run_with_file_size_limit(["search", "--config", tiny_file, "--workdir",
+                                            str(workdir), "--config.compilation_cache_dir="], 64)
+  assert code == 2
+  _one_error_line(stderr, "config.json", "File too large", "the disk is not full")
   assert not os.path.exists(workdir / "config.json")
   _no_temporary_files(workdir)
 
