@@ -62,6 +62,13 @@ def make_optimizer(config) -> optax.GradientTransformation:
                      optax.sgd(schedule, momentum=t.momentum, nesterov=True))
 
 
+def keep_if_finite(loss: jax.Array, grads: Any, new: Any, old: Any) -> tuple[Any, jax.Array]:
+  """(`new` if loss and every gradient are finite else `old`, finite): a NaN/Inf step changes nothing."""
+  finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old), finite
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh,
                     frozen: dict, sync_batch_norm: bool = False) -> Callable:
   """(params, opt_state, batch, paths) -> (params, opt_state, metrics).
@@ -82,11 +89,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh,
     loss, accuracy = lax.pmean(loss, AXIS), lax.pmean(accuracy, AXIS)
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    (new_params, new_opt), finite = keep_if_finite(loss, grads, (new_params, new_opt),
+                                                   (params, opt_state))
     metrics = {"loss": loss, "accuracy": accuracy, "finite": finite.astype(jnp.int32)}
-    return keep(new_params, params), keep(new_opt, opt_state), metrics
+    return new_params, new_opt, metrics
 
   step = jax.shard_map(per_device, mesh=mesh,
                        in_specs=(P(), P(), P(AXIS), P(AXIS), P(AXIS)),

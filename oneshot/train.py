@@ -84,12 +84,10 @@ def make_train_step(model: Any, tx: optax.GradientTransformation) -> Callable:
     (loss, (new_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    kept, finite = steps.keep_if_finite(loss, grads, (new_params, new_stats, new_opt),
+                                        (params, batch_stats, opt_state))
     metrics = {"loss": loss, "accuracy": accuracy, "finite": finite.astype(jnp.int32)}
-    return (keep(new_params, params), keep(new_stats, batch_stats), keep(new_opt, opt_state),
-            metrics)
+    return (*kept, metrics)
 
   return train_step
 
