@@ -50,8 +50,13 @@ class Controller(abc.ABC):
 
   def entropy(self, state: State) -> float:
     """Sum over decisions of the marginal entropy, in nats."""
-    p = self.probabilities(state)
-    return float(-(p * np.log(np.where(p > 0, p, 1.0))).sum())
+    return marginal_entropy(self.probabilities(state))
+
+
+def marginal_entropy(probabilities: np.ndarray) -> float:
+  """Sum over decisions of the entropy of [num_decisions, max_choices] marginals, in nats."""
+  p = np.asarray(probabilities)
+  return float(-(p * np.log(np.where(p > 0, p, 1.0))).sum())
 
 
 def decision_mask(space: Space) -> np.ndarray:

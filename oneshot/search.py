@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from absl import flags
 
+from controllers.base import marginal_entropy
 from launch import distributed
 from oneshot import checkpoint, configuration, io, session as session_lib, steps
 from oneshot.errors import UserError
@@ -132,9 +133,15 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
         tic = time.time()
         step_key = jax.random.fold_in(key, step)
         k_train, k_reward = jax.random.split(step_key)
-        sampler = uniform if step < uniform_steps else sess.controller
-        paths = sampler.propose(state["controller"] if sampler is sess.controller else
-                                uniform.init(k_train), k_train, n)
+        # Train paths (uniform during warm-up) and reward paths come from one propose call once the
+        # controller samples both: one dispatch fewer per step (ENAS's costs ~0.5 ms on CPU).
+        num_reward = n * paths_per_device
+        if step < uniform_steps:
+          paths = uniform.propose(uniform.init(k_train), k_train, n)
+          reward_paths = sess.controller.propose(state["controller"], k_reward, num_reward)
+        else:
+          proposals = sess.controller.propose(state["controller"], k_reward, n + num_reward)
+          paths, reward_paths = proposals[:n], proposals[n:]
         batch = sess.dataset.batch("train", step, t.batch_size, config.seed,
                                    process_index=pid, process_count=pcount)
         state["params"], state["opt_state"], m = train_step(
@@ -147,7 +154,6 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
         # Controller update on a validation batch, with paths from the controller itself.
         # Each device scores `reward_paths_per_device` paths on its shard (one compiled forward each),
         # so a 1-device run still gives REINFORCE several samples per update.
-        reward_paths = sess.controller.propose(state["controller"], k_reward, n * paths_per_device)
         reward_batch = steps.shard_batch(sess.mesh, sess.dataset.batch(
             "validation", step, t.reward_batch_size, config.seed, process_index=pid,
             process_count=pcount))
@@ -160,12 +166,13 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
         seconds = time.time() - tic
         row = {"step": step + 1, "loss": float(m["loss"]), "accuracy": float(m["accuracy"]),
                "mean_reward": float(rewards.mean()),
-               "controller_entropy": float(sess.controller.entropy(state["controller"])),
                "nonfinite": int(1 - int(m["finite"])), "step_seconds": seconds}
         if primary and ((step + 1) % t.log_every == 0 or step + 1 == t.num_steps):
+          # Only on logged steps: ENAS estimates its marginals by sampling, not free every step.
+          probabilities = sess.controller.probabilities(state["controller"])
+          row["controller_entropy"] = marginal_entropy(probabilities)
           metrics_log.write(row)
-          history.append({"step": step + 1, "probabilities":
-                          sess.controller.probabilities(state["controller"]).tolist()})
+          history.append({"step": step + 1, "probabilities": probabilities.tolist()})
         progress.update(step + 1, f"loss {row['loss']:.3f} acc {row['accuracy']:.3f} "
                                   f"reward {row['mean_reward']:.3f}")
         done = step + 1
