@@ -23,6 +23,7 @@ import os
 import re
 from typing import Any, Mapping, NamedTuple, Sequence
 
+from oneshot import configuration
 from oneshot.errors import UserError
 
 ENV = {
@@ -50,7 +51,7 @@ def resolve(config: Any = None, environ: Mapping[str, str] | None = None,
   Pure (no jax), so that a bad setting is reported before any process waits on a coordinator.
   """
   environ = os.environ if environ is None else environ
-  section = _config_section(config)
+  section = configuration.section(config, "distributed", ENV)
   values: dict[str, Any] = {}
   sources: dict[str, str] = {}
   for field, env_name in ENV.items():
@@ -182,20 +183,6 @@ def _already_initialized(jax: Any) -> bool:
     return bool(check())
   from jax._src import distributed  # pylint: disable=import-outside-toplevel
   return distributed.global_state.client is not None
-
-
-def _config_section(config: Any) -> Mapping[str, Any]:
-  section = config.get("distributed") if config is not None and hasattr(config, "get") else None
-  if section is None:
-    return {}
-  if not hasattr(section, "keys"):
-    raise UserError(f"config.distributed must be a ConfigDict of {', '.join(ENV)}; "
-                    f"got {type(section).__name__}")
-  unknown = sorted(set(section.keys()) - set(ENV))
-  if unknown:
-    raise UserError(f"config.distributed has unknown field {unknown[0]!r}; use one of "
-                    f"{', '.join(ENV)}")
-  return {key: section[key] for key in section.keys()}
 
 
 def _device_ids(value: Any, source: str | None) -> tuple[int, ...] | None:

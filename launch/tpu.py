@@ -131,7 +131,7 @@ def parse_accelerator(text: str) -> tuple[str, int]:
 def settings_from_flags(fv: flags.FlagValues, argv: Sequence[str]) -> Settings:
   """Merges flags over `config.launch` and validates, so a typo fails before anything is paid for."""
   config = configuration.load(fv)
-  section = _launch_section(config)
+  section = configuration.section(config, "launch", LAUNCH_FIELDS)
 
   def pick(field: str) -> Any:
     value = fv[field.replace("_", "-")].value
@@ -176,20 +176,6 @@ def settings_from_flags(fv: flags.FlagValues, argv: Sequence[str]) -> Settings:
       fetch_dir=fv["fetch-dir"].value or "workdirs", project=values["project"],
       spot=bool(values["spot"]), queued=bool(values["queued"]), source=source, repo_url=repo_url,
       keep=fv["keep"].value, dry_run=fv["dry-run"].value)
-
-
-def _launch_section(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  section = config.get("launch") if hasattr(config, "get") else None
-  if section is None:
-    return {}
-  if not hasattr(section, "keys"):
-    raise UserError(f"config.launch must be a ConfigDict of {', '.join(LAUNCH_FIELDS)}; "
-                    f"got {type(section).__name__}")
-  unknown = sorted(set(section.keys()) - set(LAUNCH_FIELDS))
-  if unknown:
-    raise UserError(f"config.launch has unknown field {unknown[0]!r}; use one of "
-                    f"{', '.join(LAUNCH_FIELDS)}")
-  return {key: section[key] for key in section.keys()}
 
 
 def _split_config_value(value: str) -> tuple[str, str]:

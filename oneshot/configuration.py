@@ -62,6 +62,21 @@ def load(fv: flags.FlagValues) -> ml_collections.ConfigDict:
   return config
 
 
+def section(config, name: str, fields) -> dict:
+  """`config.<name>` as a plain dict, or {} when absent; an unknown field is one UserError line."""
+  value = config.get(name) if config is not None and hasattr(config, "get") else None
+  if value is None:
+    return {}
+  if not hasattr(value, "keys"):
+    raise UserError(f"config.{name} must be a ConfigDict of {', '.join(fields)}; "
+                    f"got {type(value).__name__}")
+  unknown = sorted(set(value.keys()) - set(fields))
+  if unknown:
+    raise UserError(f"config.{name} has unknown field {unknown[0]!r}; use one of "
+                    f"{', '.join(fields)}")
+  return {key: value[key] for key in value.keys()}
+
+
 def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
 

@@ -30,7 +30,7 @@ FIELDS = ("kind", "R", "S", "C", "M", "H", "W", "E", "F", "stride", "valid")
 def layer_table(space: Space, dnas: np.ndarray, image_shape: Sequence[int] = (224, 224, 3),
                 num_classes: int = 1000) -> dict[str, np.ndarray]:
   """Per-layer fields (see FIELDS), each [N, L], for DNAs [N, D] of a mobilenet or nasbench201 space."""
-  dnas = _check(space, dnas)
+  dnas = space.validate_batch(dnas)
   if len(image_shape) != 3 or min(int(v) for v in image_shape) <= 0:
     raise UserError(f"image_shape must be (height, width, channels), all positive; got "
                     f"{tuple(image_shape)}")
@@ -81,23 +81,6 @@ class _Table:
       else:
         out[k] = np.stack([np.broadcast_to(np.asarray(c, dtype), (self.n,)) for c in cols], 1)
     return out
-
-
-def _check(space: Space, dnas: np.ndarray) -> np.ndarray:
-  dnas = np.asarray(dnas)
-  if dnas.ndim == 1:
-    dnas = dnas[None]
-  if dnas.ndim != 2 or dnas.shape[1] != space.num_decisions:
-    raise UserError(f"DNAs for space {space.name!r} must be [N, {space.num_decisions}]; got shape "
-                    f"{dnas.shape}")
-  if not np.issubdtype(dnas.dtype, np.integer):
-    raise UserError(f"DNAs must be integer choice indices; got dtype {dnas.dtype}")
-  bad = (dnas < 0) | (dnas >= space.num_choices[None, :])
-  if bad.any():
-    i, j = np.argwhere(bad)[0]
-    raise UserError(f"DNA {i} entry {j} ({space.names[j]}) is {dnas[i, j]}; it must be in "
-                    f"0..{space.num_choices[j] - 1}")
-  return dnas
 
 
 def _lookup(space: Space, columns: np.ndarray, name: str, fn=lambda v: v, dtype=np.int64):
