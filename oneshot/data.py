@@ -131,20 +131,21 @@ class Dataset:
               process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """One pass over `split` in stored order, for evaluation; every process yields the same count.
 
-    The last global batch is padded to `batch_size` with zero images; every batch carries 'mask'
-    float32 [b] (1 for real rows, 0 for padding) so metrics can be summed over real rows only.
+    The last global batch is padded to `batch_size` by wrapping around: global position p >= n reads
+    example p % n (the split's first examples again), the same rule on every process. Padding rows are
+    real images, not zeros, because the models normalise with batch statistics in evaluation too and
+    BatchNorm's mean/variance ignore the mask: zero rows would skew the statistics of the real rows.
+    Every batch carries 'mask' float32 [b] (1 for real rows, 0 for padding; padding rows keep their
+    real labels) so metrics can be summed over real rows only.
     """
     source = self._source(split)
     local = _local_size(batch_size, process_index, process_count)
     for step in range(math.ceil(source.size / batch_size)):
       start = step * batch_size + process_index * local
-      indices = np.arange(start, start + local, dtype=np.int64)
-      real = indices < source.size
-      images, labels = source.read(indices[real])
-      image = np.zeros((local,) + self.image_shape, np.float32)
-      label = np.zeros(local, np.int32)
-      image[real], label[real] = self._normalise(images), labels
-      yield {"image": image, "label": label, "mask": real.astype(np.float32)}
+      positions = np.arange(start, start + local, dtype=np.int64)
+      images, labels = source.read(positions % source.size)
+      mask = (positions < source.size).astype(np.float32)
+      yield {"image": self._normalise(images), "label": labels, "mask": mask}
 
   def _source(self, split: str) -> _Source:
     if split not in self._sources:

@@ -139,7 +139,26 @@ def test_iterate_returns_each_stored_example_once_in_order(digits, data_dir, pro
 def test_iterate_pads_the_last_batch(digits):
   batches = list(digits.iterate("test", 128))
   assert [int(b["mask"].sum()) for b in batches] == [128, 128, 44]
-  assert not batches[-1]["image"][44:].any()
+  np.testing.assert_array_equal(batches[-1]["mask"], np.arange(128) < 44)
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_iterate_pads_with_real_images_of_the_split(digits, process_count):
+  # BatchNorm normalises with batch statistics in evaluation and ignores the mask: zero padding rows
+  # (84 of the last 128 here) would shift the mean and variance seen by the 44 real rows.
+  per_process = [list(digits.iterate("test", 128, process_index=i, process_count=process_count))
+                 for i in range(process_count)]
+  last = {key: np.concatenate([p[-1][key] for p in per_process]) for key in ("image", "label")}
+  first = {key: np.concatenate([p[0][key] for p in per_process]) for key in ("image", "label")}
+  pad = slice(44, 128)  # global positions 300..383 wrap around to the split's examples 0..83
+  np.testing.assert_array_equal(last["image"][pad], first["image"][:84])
+  np.testing.assert_array_equal(last["label"][pad], first["label"][:84])
+  assert all(row.any() for row in last["image"])  # no all-zero rows
+  split = np.concatenate([b["image"][b["mask"] == 1] for p in per_process for b in p])
+  pixel_mean, batch_mean = split.mean(axis=0), last["image"].mean(axis=0)
+  pixel_std = split.std(axis=0).mean()
+  assert np.abs(batch_mean - pixel_mean).mean() < 0.25 * pixel_std  # zero padding: 0.67
+  assert 0.9 < last["image"].std(axis=0).mean() / pixel_std < 1.1  # zero padding: 0.87
 
 
 def test_split_names_accept_tfds_slicing(data_dir):
