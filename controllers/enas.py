@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from controllers.base import Controller, State
-from controllers.tunas import debiased_ema
+from controllers.tunas import active_mask, debiased_ema
 from spaces.core import DNA, Space
 
 _NEG = -1e9  # finite "impossible" logit for padded slots: -inf would make 0 * -inf = NaN in the entropy
@@ -101,18 +101,24 @@ class EnasController(Controller):
     return np.asarray(dnas, np.int32)
 
   def sample_with_log_probs(self, state: State, key: jax.Array, num: int):
-    """(dnas [num, D], log-probs [num], entropies [num]) from one compiled pass."""
+    """(dnas [num, D], log-probs [num], entropies [num]) from one compiled pass.
+
+    Sums over the active decisions of each sample only (`Space.active`), as the update does.
+    """
     dnas, logp, ent = self._fns.sample(state["params"], key, int(num))
-    return np.asarray(dnas, np.int32), np.asarray(logp), np.asarray(ent)
+    dnas = np.asarray(dnas, np.int32)
+    active = self.space.active(dnas)
+    return dnas, (np.asarray(logp) * active).sum(1), (np.asarray(ent) * active).sum(1)
 
   def log_probs(self, state: State, dnas: np.ndarray) -> np.ndarray:
     """Log-probability of each DNA row under the current policy (teacher-forced)."""
-    logp, _ = self._fns.log_probs(state["params"], jnp.asarray(dnas, jnp.int32))
+    logp, _ = self._fns.log_probs(state["params"], jnp.asarray(dnas, jnp.int32),
+                                  active_mask(self.space, dnas))
     return np.asarray(logp)
 
   def feedback(self, state, dnas, rewards):
     new, metrics = self._fns.update(state, jnp.asarray(dnas, jnp.int32),
-                                    jnp.asarray(rewards, jnp.float32))
+                                    jnp.asarray(rewards, jnp.float32), active_mask(self.space, dnas))
     return new, {k: float(v) for k, v in metrics.items()}
 
   def probabilities(self, state: State) -> np.ndarray:
@@ -150,8 +156,7 @@ class _Fns:
     self.hidden_size = hidden_size
     self.init = jax.jit(self._init)
     self.sample = jax.jit(functools.partial(self._rollout, mode="sample"), static_argnums=2)
-    self.log_probs = jax.jit(lambda params, dnas: self._rollout(params, None, dnas.shape[0],
-                                                                dnas=dnas, mode="force")[1:])
+    self.log_probs = jax.jit(lambda params, dnas, active: self._forced(params, dnas, active))
     self.greedy = jax.jit(lambda params: self._rollout(params, None, 1, mode="greedy")[0])
     self.update = jax.jit(self._update)
 
@@ -160,7 +165,11 @@ class _Fns:
     return self.net.init(key, (h, h), h, 0)
 
   def _rollout(self, params, key, num, dnas=None, mode="sample"):
-    """One pass over the decisions: sample, greedy, or teacher-forced on `dnas` [num, D]."""
+    """One pass over the decisions: sample, greedy, or teacher-forced on `dnas` [num, D].
+
+    Returns (choices [num, D], log-probs [num, D], entropies [num, D]) per decision; callers sum them
+    over the active decisions.
+    """
     net = self.net
     d_count = self.valid.shape[0]
     keys = jax.random.split(key, d_count) if key is not None else jnp.zeros((d_count, 2), jnp.uint32)
@@ -189,11 +198,16 @@ class _Fns:
     first = net.apply(params, num, method=EnasNet.first_input)
     xs = (jnp.arange(d_count), keys, self.valid, forced)
     _, (choices, logp, entropy) = jax.lax.scan(step, ((zeros, zeros), first), xs)
-    return choices.T, logp.sum(0), entropy.sum(0)
+    return choices.T, logp.T, entropy.T
 
-  def _update(self, state, dnas, rewards):
+  def _forced(self, params, dnas, active):
+    """Teacher-forced (log-prob [num], entropy [num]) of `dnas`, summed over active decisions only."""
+    _, logp, entropy = self._rollout(params, None, dnas.shape[0], dnas=dnas, mode="force")
+    return (logp * active).sum(1), (entropy * active).sum(1)
+
+  def _update(self, state, dnas, rewards, active):
     def loss_fn(params):
-      logp, sample_entropy = self._rollout(params, None, dnas.shape[0], dnas=dnas, mode="force")[1:]
+      logp, sample_entropy = self._forced(params, dnas, active)
       # ENAS adds the sample entropy to the reward (so it enters the baseline too), not to the loss.
       shaped = rewards + self.entropy_weight * jax.lax.stop_gradient(sample_entropy)
       baseline, weight = debiased_ema(state, shaped.mean(), self.baseline_decay)

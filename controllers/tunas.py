@@ -27,6 +27,16 @@ from spaces.core import Space
 _NEG = -1e9
 
 
+def active_mask(space: Space, dnas: np.ndarray) -> jax.Array:
+  """[N, D] float32: 1 where a decision of a DNA row matters (`Space.active`), else 0.
+
+  Computed on the host from the DNAs and passed into the jitted updates of TuNAS and ENAS, so both leave
+  a skipped block's kernel/expansion choices out of a sample's log-probability (TuNAS's hierarchical
+  log-probabilities): those choices did nothing, so the reward says nothing about them.
+  """
+  return jnp.asarray(space.active(np.asarray(dnas)), jnp.float32)
+
+
 def debiased_ema(state: State, value: jax.Array, decay: float) -> tuple[jax.Array, jax.Array]:
   """(estimate, new weight) of a zero-debiased EMA: numerator / (1 - decay^t), as TuNAS's baseline.
 
@@ -70,14 +80,15 @@ class TunasController(Controller):
   def propose(self, state: State, key: jax.Array, num: int) -> np.ndarray:
     return sample_factorized(key, state["logits"] + self.mask, num)
 
-  def _update_impl(self, state, dnas, rewards):
+  def _update_impl(self, state, dnas, rewards, active):
     mean_reward = rewards.mean()  # each row stands for one device's sample: the cross-device mean
     baseline, weight = debiased_ema(state, mean_reward, self.baseline_decay)
     advantage = rewards - baseline
 
     def loss_fn(logits):
       logp = jax.nn.log_softmax(jnp.where(self.valid, logits, _NEG), axis=-1)
-      chosen = jnp.take_along_axis(logp[None], dnas[:, :, None], axis=-1)[..., 0].sum(-1)
+      chosen = jnp.take_along_axis(logp[None], dnas[:, :, None], axis=-1)[..., 0]
+      chosen = (chosen * active).sum(-1)  # hierarchical: inactive decisions do not count
       entropy = -jnp.sum(jnp.where(self.valid, jnp.exp(logp) * logp, 0.0))
       return -(advantage * chosen).mean() - self.entropy_weight * entropy, entropy
 
@@ -90,7 +101,7 @@ class TunasController(Controller):
 
   def feedback(self, state, dnas, rewards):
     new, metrics = self._update(state, jnp.asarray(dnas, jnp.int32),
-                                jnp.asarray(rewards, jnp.float32))
+                                jnp.asarray(rewards, jnp.float32), active_mask(self.space, dnas))
     return new, {k: float(v) for k, v in metrics.items()}
 
   def probabilities(self, state: State) -> np.ndarray:

@@ -174,3 +174,59 @@ def test_rsws_rescoring_top_k_recovers_true_best():
 
 def test_registry_names_all_four():
   assert set(controllers.registry()) == {"random", "tunas", "enas", "evolution"}
+
+
+# -- hierarchical log-probabilities: a skipped block's kernel/expansion choices do not count ----------
+def _skippy_space():
+  import spaces  # pylint: disable=import-outside-toplevel
+  return spaces.build({"name": "mobilenet", "stem_filters": 8, "stages": ((8, 2, 1),),
+                       "kernel_sizes": (3, 5), "expansion_ratios": (3, 6), "width_multipliers": (1.0,),
+                       "allow_skip": True, "head_filters": 0})
+
+
+def _skipping_batch(space):
+  """8 DNAs that all drop block1, with varied (irrelevant) kernel/expansion choices for it."""
+  names = space.names
+  dnas = np.zeros((8, space.num_decisions), np.int32)
+  dnas[:, names.index("block1/skip")] = 1
+  dnas[:, names.index("block1/kernel")] = [0, 1, 0, 1, 0, 0, 0, 1]
+  dnas[:, names.index("block1/expansion")] = [1, 1, 1, 0, 1, 1, 0, 1]
+  return dnas
+
+
+def test_tunas_log_prob_ignores_choices_of_a_skipped_block():
+  space = _skippy_space()
+  names = space.names
+  controller = TunasController(space, {"num_steps": 10, "warmup_fraction": 0.0, "learning_rate": 0.1})
+  state = controller.init(jax.random.PRNGKey(0))
+  # A first step with a different reward sets the baseline, so the second has a positive advantage.
+  state, _ = controller.feedback(state, _skipping_batch(space), np.full(8, 0.0, np.float32))
+  before = np.asarray(state["logits"]).copy()
+  state, _ = controller.feedback(state, _skipping_batch(space), np.full(8, 1.0, np.float32))
+  after = np.asarray(state["logits"])
+  for name in ("block1/kernel", "block1/expansion"):
+    np.testing.assert_array_equal(after[names.index(name)], before[names.index(name)], err_msg=name)
+  skip = names.index("block1/skip")
+  assert after[skip, 1] > before[skip, 1]  # rewarded: skipping became more likely
+  kernel0 = names.index("block0/kernel")  # block0 is always active: its choices still learn
+  assert not np.array_equal(after[kernel0], before[kernel0])
+
+
+def test_enas_update_ignores_choices_of_a_skipped_block():
+  space = _skippy_space()
+  names = space.names
+  controller = EnasController(space, {"hidden_size": 16, "learning_rate": 0.05})
+  state = controller.init(jax.random.PRNGKey(0))
+  state, _ = controller.feedback(state, _skipping_batch(space), np.full(8, 0.0, np.float32))
+  before = np.asarray(state["params"]["params"]["head"]).copy()
+  state, _ = controller.feedback(state, _skipping_batch(space), np.full(8, 1.0, np.float32))
+  after = np.asarray(state["params"]["params"]["head"])
+  # A decision's softmax head is used only by that decision's log-prob (and sample entropy).
+  for name in ("block1/kernel", "block1/expansion"):
+    np.testing.assert_array_equal(after[names.index(name)], before[names.index(name)], err_msg=name)
+  assert not np.array_equal(after[names.index("block1/skip")], before[names.index("block1/skip")])
+  # Log-probs and sampled log-probs count active decisions only, and agree.
+  dnas, logp, _ = controller.sample_with_log_probs(state, jax.random.PRNGKey(1), 64)
+  np.testing.assert_allclose(logp, controller.log_probs(state, dnas), rtol=1e-5, atol=1e-5)
+  # (An inactive choice still conditions the later decisions through the LSTM's input embedding, since
+  # block1/skip comes after block1/kernel; only its own log-prob term is left out.)
