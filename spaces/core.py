@@ -22,10 +22,17 @@ DNA = tuple[int, ...]
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-  """One named choice point; `choices` are the values (ints, floats, strings or bools) it can take."""
+  """One named choice point; `choices` are the values (ints, floats, strings or bools) it can take.
+
+  `active_if` = (other decision's name, its values) makes the decision conditional: it changes the
+  network only while that decision takes one of those values (a dropped block's kernel size does not
+  matter). Controllers use it to leave such choices out of a sample's log-probability (TuNAS's
+  hierarchical sampling), so they are not credited or blamed for choices that did nothing.
+  """
 
   name: str
   choices: tuple[Any, ...]
+  active_if: tuple[str, tuple[Any, ...]] | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "choices", tuple(self.choices))
@@ -64,6 +71,9 @@ class Space:
     names = [d.name for d in self.decisions]
     if len(set(names)) != len(names):
       raise ValueError(f"space {self.name!r} has duplicate decision names")
+    for d in self.decisions:
+      if d.active_if is not None and d.active_if[0] not in names:
+        raise ValueError(f"decision {d.name!r} depends on unknown decision {d.active_if[0]!r}")
 
   # -- shape -------------------------------------------------------------------------------------------
   @property
@@ -86,6 +96,18 @@ class Space:
   def size(self) -> int:
     """Number of distinct points (before any constraint)."""
     return math.prod(d.num_choices for d in self.decisions)
+
+  def active(self, dnas: Any) -> np.ndarray:
+    """[N, D] bool: whether each decision of each DNA row matters (see `Decision.active_if`)."""
+    dnas = np.asarray(dnas)
+    out = np.ones(dnas.shape, bool)
+    for j, d in enumerate(self.decisions):
+      if d.active_if is not None:
+        parent, values = d.active_if
+        p = self.names.index(parent)
+        allowed = [self.decisions[p].index(v) for v in values]
+        out[..., j] = np.isin(dnas[..., p], allowed)
+    return out
 
   def choice_mask(self) -> np.ndarray:
     """[num_decisions, max_choices] bool: which padded logit slots are real choices."""

@@ -24,13 +24,17 @@ def build(config: Mapping[str, Any]) -> Space:
     decisions.append(Decision(f"stage{s}/width", tuple(config["width_multipliers"])))
     for b in range(num_blocks):
       i = len(blocks)
-      decisions.append(Decision(f"block{i}/kernel", tuple(config["kernel_sizes"])))
-      decisions.append(Decision(f"block{i}/expansion", tuple(config["expansion_ratios"])))
       droppable = b > 0 and config.get("allow_skip", True)
+      # A kept block's kernel and expansion matter only while the block is not dropped.
+      active_if = (f"block{i}/skip", (False,)) if droppable else None
+      decisions.append(Decision(f"block{i}/kernel", tuple(config["kernel_sizes"]), active_if))
+      decisions.append(Decision(f"block{i}/expansion", tuple(config["expansion_ratios"]), active_if))
       if droppable:
         decisions.append(Decision(f"block{i}/skip", (False, True)))
+      # Every block after a stage's first has stride 1 and the stage's width in and out, so it keeps
+      # its residual connection whether or not it may be dropped.
       blocks.append(dict(stage=s, filters=filters, stride=stride if b == 0 else 1,
-                         droppable=droppable))
+                         droppable=droppable, residual=b > 0))
   skeleton = dict(stem_filters=int(config["stem_filters"]), stem_stride=int(config.get("stem_stride", 1)),
                   head_filters=int(config.get("head_filters", 0)), stages=stages, blocks=blocks,
                   kernel_sizes=tuple(config["kernel_sizes"]),

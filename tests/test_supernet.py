@@ -85,3 +85,42 @@ def test_unknown_executor_is_a_user_error():
   from oneshot.errors import UserError
   with pytest.raises(UserError, match="executor"):
     supernet.resolve_executor("pmap")
+
+
+@pytest.mark.parametrize("executor", ["switch", "mask"])
+def test_separate_depthwise_weights_per_kernel_match_the_child(executor):
+  """TuNAS's sharing: each kernel size has its own depthwise kernel and BN; the child gets them."""
+  model = supernet.build(SPACE, 10, 1, executor, "shift", "separate")
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), X, jnp.zeros(SPACE.num_decisions, jnp.int32))
+  params = variables["params"]
+  assert {"block0_depthwise_k3", "block0_depthwise_k5", "block0_depthwise_k7"} <= set(params)
+  assert "block0_depthwise" not in params and params["block0_depthwise_k3"]["kernel"].shape[:2] == (3, 3)
+  forward = jax.jit(model.apply)
+  rng = np.random.default_rng(3)
+  for dna in [SPACE.sample(rng) for _ in range(3)] + [tuple([0] * SPACE.num_decisions)]:
+    child = supernet.child_model(SPACE, dna, 10, 1, "shift")
+    child_vars = supernet.child_variables(SPACE, variables, dna)
+    expected, _ = child.apply(child_vars, X, mutable=["batch_stats"])
+    np.testing.assert_allclose(forward(variables, X, jnp.asarray(dna)), expected, atol=1e-5, rtol=1e-5)
+  # Only the chosen kernel size's weights learn from a path.
+  dna = list(SPACE.sample(rng))
+  dna[SPACE.names.index("block0/kernel")] = 1  # k5
+  grads = jax.jit(jax.grad(lambda p: _loss(model.apply({**variables, "params": p}, X,
+                                                       jnp.asarray(dna)))))(params)
+  assert float(jnp.abs(grads["block0_depthwise_k5"]["kernel"]).sum()) > 0
+  assert float(jnp.abs(grads["block0_depthwise_k3"]["kernel"]).sum()) == 0
+  assert float(jnp.abs(grads["block0_depthwise_k7"]["kernel"]).sum()) == 0
+
+
+def test_blocks_keep_their_residual_when_depth_is_not_searched():
+  """allow_skip=False removes the skip decisions, not the residual of stride-1, equal-width blocks."""
+  from oneshot.models.mobilenet import plan  # pylint: disable=import-outside-toplevel
+  space = spaces.build(dict(CONFIG, allow_skip=False, width_multipliers=(1.0,)))
+  assert not any(name.endswith("/skip") for name in space.names)
+  dna = tuple([0] * space.num_decisions)
+  assert [b.residual for b in plan(space.skeleton, space.to_values(dna))] == [False, False, True]
+  model = supernet.build(space, 10, 1, "switch", "shift")
+  variables = model.init(jax.random.PRNGKey(0), X, jnp.asarray(dna))
+  child = supernet.child_model(space, dna, 10, 1, "shift")
+  expected, _ = child.apply(supernet.child_variables(space, variables, dna), X, mutable=["batch_stats"])
+  np.testing.assert_allclose(model.apply(variables, X, jnp.asarray(dna)), expected, atol=1e-5, rtol=1e-5)

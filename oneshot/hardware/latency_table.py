@@ -67,7 +67,7 @@ def _specs(space, image_shape: Sequence[int], num_classes: int) -> list[dict[str
 
   `shape` (the input without the batch) and `plan`/`head` are for timing and are not written out.
   """
-  from oneshot.models.mobilenet import BlockPlan  # pylint: disable=import-outside-toplevel
+  from oneshot.models.mobilenet import BlockPlan, has_residual  # pylint: disable=import-outside-toplevel
   from spaces.mobilenet import stage_channels  # pylint: disable=import-outside-toplevel
   sk = space.skeleton
   h, w, c_img = (int(v) for v in image_shape)
@@ -85,7 +85,7 @@ def _specs(space, image_shape: Sequence[int], num_classes: int) -> list[dict[str
       for k in sk["kernel_sizes"]:
         for e in sk["expansion_ratios"]:
           plan = BlockPlan(cin=cin, cout=cout, hidden=cin * int(e), kernel=int(k), stride=stride,
-                           residual=bool(blk["droppable"]), skip=False)
+                           residual=has_residual(blk), skip=False)
           out.append(dict(part="block", block=i, kernel=int(k), expansion=int(e), width_in=cin,
                           width_out=cout, resolution=[h, w], stride=stride, shape=(h, w, cin),
                           plan=plan))

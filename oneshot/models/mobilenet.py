@@ -38,9 +38,15 @@ def plan(skeleton: Mapping[str, Any], values: Mapping[str, Any]) -> tuple[BlockP
     skip = bool(values.get(f"block{i}/skip", False)) if blk["droppable"] else False
     blocks.append(BlockPlan(cin=cin, cout=cout, hidden=cin * e,
                             kernel=int(values[f"block{i}/kernel"]), stride=int(blk["stride"]),
-                            residual=bool(blk["droppable"]), skip=skip))
+                            residual=has_residual(blk), skip=skip))
     cin = cout
   return tuple(blocks)
+
+
+def has_residual(block: Mapping[str, Any]) -> bool:
+  """Whether a skeleton block adds its input to its output. Skeletons written before the `residual`
+  field (older architecture.json files) tied it to `droppable`, which was the same for them."""
+  return bool(block.get("residual", block["droppable"]))
 
 
 class MobileNet(nn.Module):
