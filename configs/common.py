@@ -1,6 +1,7 @@
 """Defaults every search config starts from; each config file changes only what differs."""
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -12,6 +13,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "digits"
   c.dataset.data_dir = ""           # empty: the TFDS default (~/tensorflow_datasets)
+  # Where already-downloaded source files live for datasets prepared offline (fashion_mnist: the four
+  # IDX files); empty: the dataset's default (fashion_mnist: /usr/share/datasets/fashion-mnist).
+  c.dataset.manual_dir = ""
   c.dataset.train_split = "train"
   c.dataset.validation_split = "validation"
   c.dataset.test_split = "test"
@@ -20,7 +24,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.supernet = ml_collections.ConfigDict()
   c.supernet.executor = "auto"      # auto | switch | mask (see oneshot/supernet/__init__.py)
   c.supernet.depthwise = "auto"     # auto | shift | xla (see oneshot/models/ops.py)
-  c.supernet.sync_batch_norm = False  # TuNAS: each device normalises with its own path's statistics
+  # Must stay False in a search: each device runs its own path, so it normalises with that path's own
+  # batch statistics (TuNAS). Kept as a field so that configs that set it get a clear error.
+  c.supernet.sync_batch_norm = False
+  # Depthwise kernels of different sizes: "centre" slices of one largest kernel (Once-for-All) or
+  # "separate" kernels and BatchNorms per size (TuNAS).
+  c.supernet.depthwise_sharing = "centre"
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 300
@@ -38,15 +47,30 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.standalone_steps = 0      # oneshot train / rank: child training steps (0: num_steps)
   c.train.max_nonfinite_steps = 10  # consecutive NaN/Inf losses before the search stops
 
+  # Controller hyperparameters left at None take the controller's own published defaults (ENAS:
+  # lr 0.0035, baseline decay 0.99, entropy weight 1e-4, T 5, c 2.5; TuNAS: lr 0.05, baseline momentum
+  # 0.95, no entropy term); a value set here or by --config.controller.X=V applies to whichever
+  # controller runs. search_result.json records the values in force.
   c.controller = ml_collections.ConfigDict()
   c.controller.name = "enas"
-  c.controller.learning_rate = 0.0035
-  c.controller.hidden_size = 64
-  c.controller.temperature = 5.0
-  c.controller.tanh_constant = 2.5
-  c.controller.entropy_weight = 1e-4
-  c.controller.baseline_decay = 0.99
-  c.controller.warmup_fraction = 0.0  # TuNAS: controller lr 0 for this fraction of its updates
+  c.controller.learning_rate = placeholder(float)
+  c.controller.hidden_size = placeholder(int)
+  c.controller.temperature = placeholder(float)
+  c.controller.tanh_constant = placeholder(float)
+  c.controller.entropy_weight = placeholder(float)
+  c.controller.baseline_decay = placeholder(float)
+  # TuNAS keeps the controller's learning rate at 0 for the first 25% of the global steps; here that
+  # is `train.uniform_fraction` (uniform paths, no controller updates), so no second delay inside it.
+  c.controller.warmup_fraction = 0.0
   c.controller.population_size = 20
   c.controller.tournament_size = 5
+
+  # The answer, the same rule for every controller: `num_candidates` architectures from the controller
+  # (its own choice plus policy samples, its population, or random draws), each scored on the same
+  # `score_images` validation images, the best `top_k` rescored on the whole validation split with the
+  # trained supernet; the best rescore wins (Li & Talwalkar's RSWS for `random`).
+  c.select = ml_collections.ConfigDict()
+  c.select.num_candidates = 100
+  c.select.score_images = 256
+  c.select.top_k = 10
   return c

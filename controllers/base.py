@@ -48,6 +48,15 @@ class Controller(abc.ABC):
     """The controller's own answer: the per-decision most likely choice (TuNAS exports the argmax)."""
     return tuple(int(i) for i in np.argmax(self.probabilities(state), axis=1))
 
+  def candidates(self, state: State, key: jax.Array, num: int) -> np.ndarray:
+    """Up to `num` distinct DNAs [n, D] worth rescoring for the final answer, the controller's own
+    choice (`best`) first, then samples of its policy. The search scores all of them the same way
+    and keeps the best (`controllers.rsws.select`): a policy's mode alone is one draw of a noisy
+    estimate, and sampling several from a trained policy is what ENAS does."""
+    rows = [tuple(self.best(state))] + [tuple(int(c) for c in r)
+                                        for r in self.propose(state, key, max(1, num))]
+    return distinct(rows, num)
+
   def entropy(self, state: State) -> float:
     """Sum over decisions of the marginal entropy, in nats."""
     return marginal_entropy(self.probabilities(state))
@@ -57,6 +66,12 @@ def marginal_entropy(probabilities: np.ndarray) -> float:
   """Sum over decisions of the entropy of [num_decisions, max_choices] marginals, in nats."""
   p = np.asarray(probabilities)
   return float(-(p * np.log(np.where(p > 0, p, 1.0))).sum())
+
+
+def distinct(rows, num: int) -> np.ndarray:
+  """The first `num` distinct rows, in order, as int32 [n, D]."""
+  kept = list(dict.fromkeys(tuple(int(c) for c in r) for r in rows))[:max(1, num)]
+  return np.asarray(kept, np.int32)
 
 
 def decision_mask(space: Space) -> np.ndarray:

@@ -17,16 +17,10 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from controllers.base import Controller, State
+from controllers.base import Controller, State, distinct
+from controllers.random import numpy_rng
 from oneshot.errors import UserError
 from spaces.core import DNA, Space
-
-
-def numpy_rng(key: jax.Array) -> np.random.Generator:
-  """A numpy generator seeded by a JAX key: host-side sampling stays reproducible from the same key."""
-  data = np.asarray(jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-                    else key)
-  return np.random.default_rng(data.astype(np.uint64).reshape(-1).tolist())
 
 
 class EvolutionController(Controller):
@@ -104,6 +98,16 @@ class EvolutionController(Controller):
     k = self.space.max_choices
     counts = np.stack([np.bincount(col, minlength=k)[:k] for col in dnas.T]).astype(np.float64)
     return counts / live.sum()
+
+  def candidates(self, state: State, key: jax.Array, num: int) -> np.ndarray:
+    """The best DNA ever rewarded, then the living population by reward: each reward was one noisy
+    minibatch, so the answer is whichever of them rescores best (the best single reward ever seen is
+    partly luck, the winner's curse). Uniform draws before the first reward."""
+    if int(state["count"]) == 0:
+      return distinct(self.space.sample(numpy_rng(key), max(1, num)), num)
+    live = np.flatnonzero(np.asarray(state["birth"]) >= 0)
+    order = live[np.argsort(-np.asarray(state["rewards"])[live], kind="stable")]
+    return distinct([state["best_dna"]] + [state["dnas"][i] for i in order], num)
 
   def best(self, state: State) -> DNA:
     """The best DNA ever rewarded, kept in the state.

@@ -116,7 +116,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
                                      bool(config.supernet.get("sync_batch_norm", False)))
   reward_step = steps.make_reward_step(sess.model, sess.mesh, sess.frozen, sess.score_step)
   n, pid, pcount = sess.num_devices, jax.process_index(), jax.process_count()
-  uniform_steps = int(t.num_steps * t.uniform_fraction)
+  uniform_steps = session_lib.uniform_steps(config)
   paths_per_device = max(1, int(t.get("reward_paths_per_device", 1)))
   from controllers.random import RandomController  # pylint: disable=import-outside-toplevel
   uniform = RandomController(sess.space)
@@ -133,12 +133,13 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
         tic = time.time()
         step_key = jax.random.fold_in(key, step)
         k_train, k_reward = jax.random.split(step_key)
-        # Train paths (uniform during warm-up) and reward paths come from one propose call once the
-        # controller samples both: one dispatch fewer per step (ENAS's costs ~0.5 ms on CPU).
+        # Warm-up: uniform paths and no controller update (TuNAS's RL delay; the controller learns
+        # from weights that can already tell paths apart). Afterwards train and reward paths come
+        # from one propose call: one dispatch fewer per step (ENAS's costs ~0.5 ms on CPU).
         num_reward = n * paths_per_device
-        if step < uniform_steps:
+        warming_up = step < uniform_steps
+        if warming_up:
           paths = uniform.propose(uniform.init(k_train), k_train, n)
-          reward_paths = sess.controller.propose(state["controller"], k_reward, num_reward)
         else:
           proposals = sess.controller.propose(state["controller"], k_reward, n + num_reward)
           paths, reward_paths = proposals[:n], proposals[n:]
@@ -154,18 +155,22 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
         # Controller update on a validation batch, with paths from the controller itself.
         # Each device scores `reward_paths_per_device` paths on its shard (one compiled forward each),
         # so a 1-device run still gives REINFORCE several samples per update.
-        reward_batch = steps.shard_batch(sess.mesh, sess.dataset.batch(
-            "validation", step, t.reward_batch_size, config.seed, process_index=pid,
-            process_count=pcount))
-        rewards = np.concatenate([
-            np.asarray(reward_step(state["params"], reward_batch,
-                                   steps.shard_paths(sess.mesh, reward_paths[i * n:(i + 1) * n])))
-            for i in range(paths_per_device)])
-        state["controller"], cm = sess.controller.feedback(state["controller"], reward_paths, rewards)
+        mean_reward = None
+        if not warming_up:
+          reward_batch = steps.shard_batch(sess.mesh, sess.dataset.batch(
+              "validation", step, t.reward_batch_size, config.seed, process_index=pid,
+              process_count=pcount))
+          rewards = np.concatenate([
+              np.asarray(reward_step(state["params"], reward_batch,
+                                     steps.shard_paths(sess.mesh, reward_paths[i * n:(i + 1) * n])))
+              for i in range(paths_per_device)])
+          state["controller"], _ = sess.controller.feedback(state["controller"], reward_paths,
+                                                            rewards)
+          mean_reward = float(rewards.mean())
         state["step"] = np.asarray(step + 1, np.int32)
         seconds = time.time() - tic
         row = {"step": step + 1, "loss": float(m["loss"]), "accuracy": float(m["accuracy"]),
-               "mean_reward": float(rewards.mean()),
+               "mean_reward": mean_reward,
                "nonfinite": int(1 - int(m["finite"])), "step_seconds": seconds}
         if primary and ((step + 1) % t.log_every == 0 or step + 1 == t.num_steps):
           # Only on logged steps: ENAS estimates its marginals by sampling, not free every step.
@@ -173,8 +178,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
           row["controller_entropy"] = marginal_entropy(probabilities)
           metrics_log.write(row)
           history.append({"step": step + 1, "probabilities": probabilities.tolist()})
-        progress.update(step + 1, f"loss {row['loss']:.3f} acc {row['accuracy']:.3f} "
-                                  f"reward {row['mean_reward']:.3f}")
+        progress.update(step + 1, f"loss {row['loss']:.3f} acc {row['accuracy']:.3f} " + (
+            "(uniform warm-up)" if mean_reward is None else f"reward {mean_reward:.3f}"))
         done = step + 1
         if done % t.checkpoint_every == 0 or done == t.num_steps:
           _save(mngr, state, workdir, history, wall_start, primary)
@@ -232,14 +237,28 @@ def _previous_wall(workdir: str) -> float:
 
 
 def _finish(sess, state, workdir, history, wall_start, primary) -> dict:
-  """The controller's answer, scored on the whole validation split with the trained weights."""
-  dna = sess.controller.best(state["controller"])
-  reward = session_lib.evaluate(sess, state["params"], dna)
+  """The answer (`controllers.rsws.select` over the controller's candidates, scored with the trained
+  weights), written to search_result.json with the finalists' scores."""
+  from controllers import rsws  # pylint: disable=import-outside-toplevel
+  config, params = sess.config, state["params"]
+  select = _select_config(config)
+  key = jax.random.fold_in(jax.random.wrap_key_data(np.asarray(state["key"])), 2**31 - 1)
+  candidates = sess.controller.candidates(state["controller"], key, select["num_candidates"])
+  dna, table = rsws.select(
+      sess.space, candidates,
+      lambda dnas: session_lib.score_candidates(sess, params, dnas, select["score_images"]),
+      top_k=select["top_k"], rescore_fn=lambda d: session_lib.evaluate(sess, params, d))
+  reward = next(r["rescore"] for r in table if tuple(r["dna"]) == tuple(dna))
+  own = sess.space.format(sess.controller.best(state["controller"]))
   probs = sess.controller.probabilities(state["controller"])
   result = {**sess.space.to_json(dna), "reward": reward,
             "controller": {d.name: [float(p) for p in probs[i, :d.num_choices]]
                            for i, d in enumerate(sess.space.decisions)},
-            "controller_name": sess.config.controller.name,
+            "controller_name": config.controller.name,
+            "controller_hyperparameters": {
+                k: v for k, v in session_lib.controller_config(config).items()},
+            "selection": {**select, "candidates_scored": len(table), "controller_choice": own,
+                          "finalists": [r for r in table if r["rescore"] is not None]},
             "steps": int(state["step"]), "wall_seconds": time.time() - wall_start,
             "num_devices": sess.num_devices}
   if primary:
@@ -250,3 +269,10 @@ def _finish(sess, state, workdir, history, wall_start, primary) -> dict:
     except ImportError:
       pass
   return result
+
+
+def _select_config(config) -> dict:
+  select = config.get("select") or {}
+  get = lambda name, default: int(select.get(name, default)) if select else default
+  return {"num_candidates": get("num_candidates", 100), "score_images": get("score_images", 256),
+          "top_k": min(get("top_k", 10), get("num_candidates", 100))}

@@ -56,11 +56,26 @@ class Session:
 
 
 def controller_config(config: ml_collections.ConfigDict) -> dict:
-  """Controller hyperparameters plus the number of controller updates the search will make."""
-  c = config.controller.to_dict()
-  t = config.train
-  c["num_steps"] = max(1, int(t.num_steps - int(t.num_steps * t.uniform_fraction)))
+  """Controller hyperparameters plus the number of controller updates the search will make.
+
+  Fields left at None are dropped, so each controller falls back to its own defaults (a TuNAS search
+  must not run with ENAS's baseline decay and entropy bonus). The controller is updated once per step
+  after the uniform warm-up and never during it, so `num_steps` is exactly its number of updates and
+  any schedule inside it (TuNAS's lr growth) spans its real life.
+  """
+  c = {k: v for k, v in config.controller.to_dict().items() if v is not None}
+  c["num_steps"] = controller_updates(config)
   return c
+
+
+def uniform_steps(config: ml_collections.ConfigDict) -> int:
+  """Steps at the start of the search that train on uniform paths with no controller update."""
+  t = config.train
+  return int(t.num_steps * t.uniform_fraction)
+
+
+def controller_updates(config: ml_collections.ConfigDict) -> int:
+  return max(1, int(config.train.num_steps) - uniform_steps(config))
 
 
 def build(config: ml_collections.ConfigDict) -> Session:
@@ -69,6 +84,11 @@ def build(config: ml_collections.ConfigDict) -> Session:
   supernet.resolve_depthwise(config.supernet.depthwise)
   controller = controllers.build(config.controller.name, space, controller_config(config))
   _check_positive(config)
+  if bool(config.supernet.get("sync_batch_norm", False)):
+    raise UserError("--config.supernet.sync_batch_norm=True cannot be used in a search: each device "
+                    "runs its own path, so averaging BatchNorm statistics across devices would mix "
+                    "different networks (and put collectives inside per-device branches); remove it "
+                    "(each device normalises with its own path's batch statistics, as TuNAS)")
   dataset = data.load(config.dataset)
   mesh = steps.make_mesh(int(config.get("num_devices", 0)))
   n = mesh.devices.size
@@ -77,7 +97,8 @@ def build(config: ml_collections.ConfigDict) -> Session:
       raise UserError(f"--config.train.{name}={config.train[name]} must be a multiple of the "
                       f"{n} devices")
   model = supernet.build(space, dataset.num_classes, dataset.image_shape[-1],
-                         config.supernet.executor, config.supernet.depthwise)
+                         config.supernet.executor, config.supernet.depthwise,
+                         config.supernet.get("depthwise_sharing", "centre"))
   dummy = jnp.zeros((1,) + tuple(dataset.image_shape), jnp.float32)
   variables = jax.jit(model.init)(jax.random.PRNGKey(config.seed),
                                   dummy, jnp.zeros(space.num_decisions, jnp.int32))
@@ -99,6 +120,14 @@ def _check_positive(config) -> None:
     raise UserError(f"--config.train.warmup_steps must be >= 0, got {t.warmup_steps}")
   if "uniform_fraction" in t and not 0.0 <= float(t.uniform_fraction) <= 1.0:
     raise UserError(f"--config.train.uniform_fraction must be in [0, 1], got {t.uniform_fraction}")
+  select = config.get("select")
+  if select is not None:
+    for name in ("num_candidates", "score_images", "top_k"):
+      if int(select.get(name, 1)) <= 0:
+        raise UserError(f"--config.select.{name} must be positive, got {select[name]}")
+    if int(select.get("top_k", 1)) > int(select.get("num_candidates", 1)):
+      raise UserError(f"--config.select.top_k={select.top_k} must not exceed "
+                      f"--config.select.num_candidates={select.num_candidates}")
 
 
 def evaluate(session: Session, params, dna, split: str = "validation") -> float:
@@ -113,6 +142,34 @@ def evaluate(session: Session, params, dna, split: str = "validation") -> float:
     scores = np.asarray(session.score_step(params, b["image"], b["label"], b["mask"], paths))
     correct, total = correct + float(scores[:, 0].sum()), total + float(scores[:, 1].sum())
   return correct / max(total, 1.0)
+
+
+def score_candidates(session: Session, params, dnas: np.ndarray, num_images: int,
+                     split: str = "validation") -> np.ndarray:
+  """Accuracy of each DNA row on the same first `num_images` images of `split` (batch-statistics BN),
+  the cheap score of `controllers.rsws.select`. Every device gets the same images and its own
+  candidate, so one forward pass scores `num_devices` candidates on equal terms."""
+  dnas = np.asarray(dnas, np.int32).reshape(-1, session.space.num_decisions)
+  n = session.num_devices
+  per_device = -(-int(session.config.train.eval_batch_size) // n)
+  local_devices = len(session.mesh.local_devices)
+  chunks = []
+  for chunk in session.dataset.iterate(split, per_device):
+    chunks.append({k: np.tile(v, (local_devices,) + (1,) * (v.ndim - 1)) for k, v in chunk.items()})
+    if len(chunks) * per_device >= num_images:
+      break
+  chunks = [steps.shard_batch(session.mesh, c) for c in chunks]
+  out = np.zeros(len(dnas), np.float64)
+  for start in range(0, len(dnas), n):
+    group = dnas[start:start + n]
+    padded = np.concatenate([group, np.repeat(group[-1:], n - len(group), axis=0)])
+    paths = steps.shard_paths(session.mesh, padded)
+    correct = total = np.zeros(n)
+    for b in chunks:
+      scores = np.asarray(session.score_step(params, b["image"], b["label"], b["mask"], paths))
+      correct, total = correct + scores[:, 0], total + scores[:, 1]
+    out[start:start + len(group)] = (correct / np.maximum(total, 1.0))[:len(group)]
+  return out
 
 
 def load_search_config(workdir: str) -> ml_collections.ConfigDict:
