@@ -52,13 +52,24 @@ def _modules(space_name: str) -> tuple[type, Callable, type]:
   raise UserError(f"space {space_name!r} has no supernet; use mobilenet or nasbench201")
 
 
+DEPTHWISE_SHARING = ("centre", "separate")
+
+
 def build(space: Space, num_classes: int, image_channels: int, executor: str = "auto",
-          depthwise: str = "auto") -> nn.Module:
+          depthwise: str = "auto", depthwise_sharing: str = "centre") -> nn.Module:
+  """The supernet of `space`. `depthwise_sharing` (mobilenet): kernel sizes share the centre of one
+  largest depthwise kernel (Once-for-All) or each has its own kernel and BatchNorm (TuNAS)."""
   supernet_cls, _, _ = _modules(space.name)
   executor = resolve_executor(executor)
+  if depthwise_sharing not in DEPTHWISE_SHARING:
+    raise UserError(f"unknown depthwise sharing {depthwise_sharing!r}; set "
+                    f"--config.supernet.depthwise_sharing to one of {list(DEPTHWISE_SHARING)}")
   if executor == "switch_exact" and space.name != "mobilenet":
     executor = "switch"  # no width decisions: switch is already exact
-  return supernet_cls(space, num_classes, image_channels, executor, resolve_depthwise(depthwise))
+  if space.name != "mobilenet":
+    return supernet_cls(space, num_classes, image_channels, executor, resolve_depthwise(depthwise))
+  return supernet_cls(space, num_classes, image_channels, executor, resolve_depthwise(depthwise),
+                      depthwise_sharing)
 
 
 def child_variables(space: Space, variables: dict, dna: Any) -> dict:

@@ -32,6 +32,7 @@ from jax import lax
 from oneshot.models import ops
 from oneshot.models.layers import Classifier, ConvBN
 from spaces.core import Space
+from oneshot.models.mobilenet import has_residual
 from spaces.mobilenet import stage_channels
 
 
@@ -43,6 +44,7 @@ class MobileNetSupernet(nn.Module):
   image_channels: int
   executor: str = "mask"
   depthwise_impl: str = "xla"
+  depthwise_sharing: str = "centre"  # "centre" (OFA: slices of one kmax kernel) | "separate" (TuNAS)
 
   def setup(self):
     sk = self.space.skeleton
@@ -57,8 +59,13 @@ class MobileNetSupernet(nn.Module):
     for i, blk in enumerate(sk["blocks"]):
       cout = stage_channels(blk["filters"], wmax)
       layers[f"block{i}_expand"] = ConvBN((1, 1, cin, cin * self.emax), name=f"block{i}_expand")
-      layers[f"block{i}_depthwise"] = ConvBN((self.kmax, self.kmax, cin * self.emax),
-                                             name=f"block{i}_depthwise")
+      if self.depthwise_sharing == "separate":
+        for k in sk["kernel_sizes"]:
+          layers[f"block{i}_depthwise_k{k}"] = ConvBN((k, k, cin * self.emax),
+                                                      name=f"block{i}_depthwise_k{k}")
+      else:
+        layers[f"block{i}_depthwise"] = ConvBN((self.kmax, self.kmax, cin * self.emax),
+                                               name=f"block{i}_depthwise")
       layers[f"block{i}_project"] = ConvBN((1, 1, cin * self.emax, cout), name=f"block{i}_project")
       max_channels.append((cin, cout))
       cin = cout
@@ -89,14 +96,15 @@ class MobileNetSupernet(nn.Module):
       k_idx, kernels = self._choice(dna, f"block{i}/kernel")
       block = functools.partial(self._block, weights, i, blk, (cin_idx, cin_choices), (e_idx, ratios),
                                 (k_idx, kernels), (w_idx, cout_choices))
-      if blk["droppable"]:
+      residual = has_residual(blk)
+      if blk["droppable"]:  # droppable blocks are residual: dropping one leaves the identity
         skip, _ = self._choice(dna, f"block{i}/skip")
         if self.executor.startswith("switch"):
           x = lax.cond(skip == 1, lambda x: x, jax.checkpoint(lambda x: x + block(x)), x)
         else:
           x = x + (1 - skip).astype(x.dtype) * block(x)
       else:
-        x = block(x)
+        x = x + block(x) if residual else block(x)
       cin_idx, cin_choices = w_idx, cout_choices
     if int(sk.get("head_filters", 0)):
       x = self.head(x)
@@ -104,24 +112,30 @@ class MobileNetSupernet(nn.Module):
 
   def _block(self, weights, i, blk, cin, expansion, kernel, cout, x):
     """One inverted-residual block; each argument pair is (traced choice index, static choices)."""
-    expand, depthwise, project = (weights[f"block{i}_{part}"]
-                                  for part in ("expand", "depthwise", "project"))
+    expand, project = weights[f"block{i}_expand"], weights[f"block{i}_project"]
     stride = int(blk["stride"])
     cin_max, cout_max = self.max_channels[i]
 
-    def run(x, c_in, e, k, c_out, k_mask=None, hidden_mask=None, out_mask=None):
+    def depthwise_weights(k, hidden):
+      """(kernel [k, k, hidden], BN scale, BN bias) of kernel size k: its own weights (separate), or
+      the centre k x k of the largest kernel with the shared BN (centre)."""
+      if self.depthwise_sharing == "separate":
+        w = weights[f"block{i}_depthwise_k{k}"]
+        return w.kernel[:, :, :hidden], w.scale[:hidden], w.bias[:hidden]
+      w, off = weights[f"block{i}_depthwise"], (self.kmax - k) // 2
+      return w.kernel[off:off + k, off:off + k, :hidden], w.scale[:hidden], w.bias[:hidden]
+
+    def run(x, c_in, e, k, c_out, k_mask=None, hidden_mask=None, out_mask=None, depthwise=None):
       """The block at static sizes: exactly the child's computation on prefix slices."""
       hidden = c_in * e
-      off = (self.kmax - k) // 2
       h = ops.conv2d(x[..., :c_in], expand.kernel[:, :, :c_in, :hidden])
       h = nn.relu(ops.batch_norm(h, expand.scale[:hidden], expand.bias[:hidden],
                                  mask=hidden_mask)[0])
-      kern = depthwise.kernel[off:off + k, off:off + k, :hidden]
+      kern, dw_scale, dw_bias = depthwise or depthwise_weights(k, hidden)
       if k_mask is not None:
         kern = kern * k_mask[:, :, None]
       h = ops.depthwise_conv2d(h, kern, stride, self.depthwise_impl)
-      h = nn.relu(ops.batch_norm(h, depthwise.scale[:hidden], depthwise.bias[:hidden],
-                                 mask=hidden_mask)[0])
+      h = nn.relu(ops.batch_norm(h, dw_scale, dw_bias, mask=hidden_mask)[0])
       h = ops.conv2d(h, project.kernel[:, :, :hidden, :c_out])
       h = ops.batch_norm(h, project.scale[:c_out], project.bias[:c_out], mask=out_mask)[0]
       return jnp.pad(h, ((0, 0),) * 3 + ((0, cout_max - c_out),))
@@ -135,7 +149,15 @@ class MobileNetSupernet(nn.Module):
       hidden_active = jnp.asarray(cin_choices)[cin_idx] * jnp.asarray(ratios)[e_idx]
       hidden_mask = (jnp.arange(cin_max * self.emax) < hidden_active).astype(x.dtype)
       out_mask = (jnp.arange(cout_max) < jnp.asarray(cout_choices)[w_idx]).astype(x.dtype)
-      return run(x, cin_max, self.emax, self.kmax, cout_max, k_mask, hidden_mask, out_mask)
+      depthwise = None
+      if self.depthwise_sharing == "separate":  # the chosen kernel's weights, padded to kmax
+        onehot = jax.nn.one_hot(k_idx, len(kernels), dtype=x.dtype)
+        parts = [depthwise_weights(k, cin_max * self.emax) for k in kernels]
+        pad = lambda w, k: jnp.pad(w, (((self.kmax - k) // 2,) * 2,) * 2 + ((0, 0),))
+        depthwise = tuple(sum(onehot[j] * (pad(p[0], k) if n == 0 else p[n])
+                              for j, (k, p) in enumerate(zip(kernels, parts))) for n in range(3))
+      return run(x, cin_max, self.emax, self.kmax, cout_max, k_mask, hidden_mask, out_mask,
+                 depthwise)
     if self.executor == "switch_exact":
       # Every shape-changing choice is a static branch: each runs exactly the child's shapes.
       combos = list(itertools.product(cin_choices, ratios, kernels, cout_choices))
@@ -181,10 +203,13 @@ def child_variables(space: Space, variables: dict, dna) -> dict:
         if b.skip:
           continue
         kind = name.split("_", 1)[1]
-        sliced = {}
-        for leaf, value in leaves.items():
-          sliced[leaf] = _slice_block_leaf(kind, leaf, value, b, max(space.skeleton["kernel_sizes"]))
-        out[collection][name] = sliced
+        kmax = max(space.skeleton["kernel_sizes"])
+        if kind.startswith("depthwise_k"):  # separate weights per kernel size: keep the child's
+          if int(kind[len("depthwise_k"):]) != b.kernel:
+            continue
+          name, kind, kmax = f"block{i}_depthwise", "depthwise", b.kernel
+        out[collection][name] = {leaf: _slice_block_leaf(kind, leaf, value, b, kmax)
+                                 for leaf, value in leaves.items()}
       elif name == "head" or (name == "classifier" and not space.skeleton.get("head_filters")):
         # The layer that reads the last block's (width-searched) channels: slice its input rows.
         cin = blocks[-1].cout if blocks else int(space.skeleton["stem_filters"])
