@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from controllers.base import Controller, State
-from controllers.tunas import active_mask, debiased_ema
+from controllers.tunas import active_mask, advantage_config, shaped_advantage, window_state
 from spaces.core import DNA, Space
 
 _NEG = -1e9  # finite "impossible" logit for padded slots: -inf would make 0 * -inf = NaN in the entropy
@@ -84,17 +84,20 @@ class EnasController(Controller):
     self.baseline_decay = float(c.get("baseline_decay", 0.99))
     self.entropy_weight = float(c.get("entropy_weight", 1e-4))
     self.adam = (float(c.get("adam_beta1", 0.0)), float(c.get("adam_eps", 1e-3)))
+    # "rank": scale-free advantages (controllers.tunas.rank_advantage), off by default as in the paper.
+    self.advantage, self.rank_window = advantage_config(c)
     # Everything the compiled functions depend on; equal keys share one compilation (one per seed
     # otherwise, which dominates a tabular benchmark's run time).
     self._fns = _compiled(space.num_decisions, space.max_choices, self.hidden_size, self.temperature,
                           self.tanh_constant, self.learning_rate, self.baseline_decay,
-                          self.entropy_weight, self.adam, space.choice_mask().tobytes())
+                          self.entropy_weight, self.adam, self.advantage,
+                          space.choice_mask().tobytes())
 
   def init(self, key: jax.Array) -> State:
     params = self._fns.init(key)
     return {"params": params, "opt_state": self._fns.optimizer.init(params),
             "baseline": jnp.zeros((), jnp.float32), "baseline_weight": jnp.zeros((), jnp.float32),
-            "step": jnp.zeros((), jnp.int32)}
+            "step": jnp.zeros((), jnp.int32), **window_state(self.rank_window)}
 
   def propose(self, state: State, key: jax.Array, num: int) -> np.ndarray:
     dnas, _, _ = self._fns.sample(state["params"], key, int(num))
@@ -147,11 +150,12 @@ class _Fns:
   """The jit-compiled pure functions of one controller configuration."""
 
   def __init__(self, num_decisions, max_choices, hidden_size, temperature, tanh_constant,
-               learning_rate, baseline_decay, entropy_weight, adam, mask_bytes):
+               learning_rate, baseline_decay, entropy_weight, adam, advantage, mask_bytes):
     self.net = EnasNet(num_decisions, max_choices, hidden_size)
     self.valid = jnp.asarray(np.frombuffer(mask_bytes, bool).reshape(num_decisions, max_choices))
     self.temperature, self.tanh_constant = temperature, tanh_constant
     self.baseline_decay, self.entropy_weight = baseline_decay, entropy_weight
+    self.advantage = advantage
     self.optimizer = optax.adam(learning_rate, b1=adam[0], eps=adam[1])
     self.hidden_size = hidden_size
     self.init = jax.jit(self._init)
@@ -210,15 +214,15 @@ class _Fns:
       logp, sample_entropy = self._forced(params, dnas, active)
       # ENAS adds the sample entropy to the reward (so it enters the baseline too), not to the loss.
       shaped = rewards + self.entropy_weight * jax.lax.stop_gradient(sample_entropy)
-      baseline, weight = debiased_ema(state, shaped.mean(), self.baseline_decay)
-      advantage = jax.lax.stop_gradient(shaped - baseline)
-      return -(advantage * logp).mean(), (baseline, weight, sample_entropy.mean())
+      advantage, tracked = shaped_advantage(self.advantage, state, shaped, self.baseline_decay)
+      advantage = jax.lax.stop_gradient(advantage)
+      return -(advantage * logp).mean(), (tracked, sample_entropy.mean())
 
-    (loss, (baseline, weight, entropy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"])
+    (loss, (tracked, entropy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    baseline = tracked["baseline"]
     updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
     new = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
-           "baseline": baseline, "baseline_weight": weight, "step": state["step"] + 1}
+           "step": state["step"] + 1, **tracked}
     return new, {"reward": rewards.mean(), "baseline": baseline, "entropy": entropy,
                  "controller_loss": loss}
 

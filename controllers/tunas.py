@@ -48,8 +48,66 @@ def debiased_ema(state: State, value: jax.Array, decay: float) -> tuple[jax.Arra
   return numerator / weight, weight
 
 
+def rank_advantage(state: State, rewards: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(advantages in [-1, 1], new window, new count): each reward's centred quantile among recent rewards.
+
+  The reference set is the last W rewards before this step (`state["window"]`, oldest first, the last
+  `state["window_count"]` slots valid) plus the step's other rewards, so it works for one reward per
+  update as well as for a batch. A reward above all of them gets +1, below all -1, the median 0.
+  Generic fitness shaping (as in natural evolution strategies): the update no longer depends on
+  whether rewards are 0..1 or 0..100, and a broken sample scoring 10% among 85..94% counts as one
+  rank, not as an advantage 25x the usual size (which, through Adam's second-moment estimate, also
+  shrank every later step). The window moves with the rewards, so it doubles as the baseline.
+  """
+  window, count = state["window"], state["window_count"]
+  size = window.shape[0]
+  valid = (jnp.arange(size) >= size - count).astype(jnp.float32)
+  r = rewards[:, None]
+  less = (valid * (window[None] < r)).sum(1) + (rewards[None] < r).sum(1)
+  equal = (valid * (window[None] == r)).sum(1) + (rewards[None] == r).sum(1) - 1
+  n = valid.sum() + rewards.shape[0] - 1
+  advantage = jnp.where(n > 0, 2.0 * (less + 0.5 * equal) / jnp.maximum(n, 1) - 1.0, 0.0)
+  new_window = jnp.concatenate([window, rewards])[-size:]
+  return advantage, new_window, jnp.minimum(count + rewards.shape[0], size)
+
+
+def advantage_config(config: Mapping[str, Any]) -> tuple[str, int]:
+  """("baseline" | "rank", window) from a controller config; errors name the fix."""
+  mode = str(config.get("advantage", "baseline"))
+  if mode not in ("baseline", "rank"):
+    raise ValueError(f"advantage is {mode!r}; use 'baseline' (reward - EMA baseline, the papers') "
+                     "or 'rank' (centred quantile among recent rewards)")
+  window = int(config.get("rank_window", 32))
+  if window < 1:
+    raise ValueError(f"rank_window is {window}; it must be >= 1")
+  return mode, window
+
+
+def shaped_advantage(mode: str, state: State, rewards: jax.Array, decay: float):
+  """(advantage [B], state updates): `reward - debiased EMA baseline` or `rank_advantage`.
+
+  The EMA baseline is tracked either way (it is logged as a metric).
+  """
+  baseline, weight = debiased_ema(state, rewards.mean(), decay)
+  updates = {"baseline": baseline, "baseline_weight": weight}
+  if mode == "rank":
+    advantage, updates["window"], updates["window_count"] = rank_advantage(state, rewards)
+  else:
+    advantage = rewards - baseline
+    updates["window"], updates["window_count"] = state["window"], state["window_count"]
+  return advantage, updates
+
+
+def window_state(size: int) -> State:
+  return {"window": jnp.zeros((size,), jnp.float32), "window_count": jnp.zeros((), jnp.int32)}
+
+
 class TunasController(Controller):
-  """Factorized-logit REINFORCE with an EMA baseline and an optional entropy bonus."""
+  """Factorized-logit REINFORCE with an EMA baseline and an optional entropy bonus.
+
+  `advantage="rank"` (off by default; the tabular runs turn it on) replaces `reward - baseline` with
+  the scale-free `rank_advantage`.
+  """
 
   name = "tunas"
 
@@ -66,6 +124,7 @@ class TunasController(Controller):
     self.optimizer = optax.adam(schedule, b1=float(c.get("adam_beta1", 0.0)), b2=0.999, eps=1e-8)
     self.baseline_decay = float(c.get("baseline_decay", 0.95))
     self.entropy_weight = float(c.get("entropy_weight", 0.0))
+    self.advantage, self.rank_window = advantage_config(c)
     self.mask = jnp.asarray(decision_mask(space))
     self.valid = jnp.asarray(space.choice_mask())
     self._update = jax.jit(self._update_impl)
@@ -75,15 +134,14 @@ class TunasController(Controller):
     logits = jnp.zeros(self.mask.shape, jnp.float32)
     return {"logits": logits, "opt_state": self.optimizer.init(logits),
             "baseline": jnp.zeros((), jnp.float32), "baseline_weight": jnp.zeros((), jnp.float32),
-            "step": jnp.zeros((), jnp.int32)}
+            "step": jnp.zeros((), jnp.int32), **window_state(self.rank_window)}
 
   def propose(self, state: State, key: jax.Array, num: int) -> np.ndarray:
     return sample_factorized(key, state["logits"] + self.mask, num)
 
   def _update_impl(self, state, dnas, rewards, active):
     mean_reward = rewards.mean()  # each row stands for one device's sample: the cross-device mean
-    baseline, weight = debiased_ema(state, mean_reward, self.baseline_decay)
-    advantage = rewards - baseline
+    advantage, tracked = shaped_advantage(self.advantage, state, rewards, self.baseline_decay)
 
     def loss_fn(logits):
       logp = jax.nn.log_softmax(jnp.where(self.valid, logits, _NEG), axis=-1)
@@ -95,8 +153,8 @@ class TunasController(Controller):
     (loss, entropy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["logits"])
     updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["logits"])
     new = {"logits": optax.apply_updates(state["logits"], updates), "opt_state": opt_state,
-           "baseline": baseline, "baseline_weight": weight, "step": state["step"] + 1}
-    return new, {"controller_loss": loss, "entropy": entropy, "baseline": baseline,
+           "step": state["step"] + 1, **tracked}
+    return new, {"controller_loss": loss, "entropy": entropy, "baseline": tracked["baseline"],
                  "reward": mean_reward}
 
   def feedback(self, state, dnas, rewards):

@@ -23,25 +23,32 @@ import numpy as np
 from oneshot.errors import UserError
 
 ALGORITHMS = ("random", "evolution", "tunas", "enas")
+RETRIES = 10  # see _fresh
 
-# Hyperparameters for budgets of ~100 queries, one query per controller step (batch_size 1), tuned on
-# synthetic NB201 tables with seeds other than the benchmark's (benchmarks/tabular.py: table seeds 0
-# and 2, 20 run seeds each, where one standard error is ~0.15; the benchmark reports table seed 1).
-# The papers ran 10^4..10^5 controller steps; here there are ~100:
-#  - tunas: lr 0.1 (0.05: -0.2..-0.45 mean best reward; 0.2: same within noise; 0.5: -1.0).
-#    The paper's 25% lr-0 warm-up is kept (it only spends 25 queries on uniform samples here; turning it
-#    off measured +0.2, within one standard error).
-#  - enas: lr 0.006, the middle of a plateau (0.0035..0.01 equal within 0.1; 0.002 and 0.02 worse by
-#    0.2..0.9), so a table that shifts the plateau is less likely to fall off its edge. T = 5 and
-#    c = 2.5 as in the paper (T = 1 measured 0.2..0.3 worse).
-#  - evolution: P = 20, S = 5 (P = 10 was equal within noise with more variance; P = 30 spends too much
-#    of the budget on the random initial population; S = 3: -0.3, too weak a selection for 80 children).
+# Hyperparameters for budgets of ~100 queries, one query per controller step (batch_size 1).
+# Tuned on synthetic tables (benchmarks/tabular.py) "additive" and "nb201" with table seeds 0 and 2,
+# run seeds 100..119 (80 runs per setting, pooled as % of the table beaten, where one standard error
+# is ~0.01..0.06 points); reported on held-out tables (table seeds 1 and 3, and the "nb201-unit"
+# family: 0..1 rewards, heavy-tailed noise, never tuned on) with run seeds 0..29.
+# Measured on the tuning tables (% of the table beaten; random search: 98.65):
+#  - the driver's re-proposal of already queried architectures (RETRIES = 10, every algorithm alike):
+#    tunas 99.78 -> 99.81, enas 99.66 -> 99.76, evolution 99.92 -> 99.94, random unchanged.
+#  - advantage "rank" (controllers.tunas.rank_advantage: centred quantile among the last 32 rewards,
+#    scale-free and robust to the 10% tail) instead of reward - EMA baseline: tunas 99.81 -> 99.91,
+#    enas 99.76 -> 99.90 (on the nb201 tables +0.3..0.7 accuracy points of mean best).
+#  - tunas: lr 0.2 with rank advantages (0.1: 99.91; 0.2: 99.95; 0.05: 99.68). The paper's 25% lr-0
+#    warm-up is kept (lr 0.1 with a 10% warm-up: 99.95, the same).
+#  - enas: lr 0.01 with rank advantages (0.006: 99.90; 0.01: 99.94; 0.02: 99.95, equal within noise:
+#    the lower one of the plateau, as a sharper policy collapses sooner). T = 5, c = 2.5 as the paper.
+#  - evolution: P = 20, S = 10 (S = 5: 99.94; S = 10: 99.98; S = 15: 99.98; P = 10, S = 5: 99.95;
+#    P = 10, S = 3: 99.86; P = 25, S = 10: 99.97): stronger selection pays at 80 children.
 # `num_steps` (TuNAS's warm-up length) is set from the budget. Override any with --set ALGO.KEY=VALUE.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "random": {"batch_size": 1},
-    "evolution": {"batch_size": 1, "population_size": 20, "tournament_size": 5},
-    "tunas": {"batch_size": 1, "learning_rate": 0.1},
-    "enas": {"batch_size": 1, "learning_rate": 0.006, "temperature": 5.0, "tanh_constant": 2.5},
+    "evolution": {"batch_size": 1, "population_size": 20, "tournament_size": 10},
+    "tunas": {"batch_size": 1, "learning_rate": 0.2, "advantage": "rank"},
+    "enas": {"batch_size": 1, "learning_rate": 0.01, "temperature": 5.0, "tanh_constant": 2.5,
+             "advantage": "rank"},
 }
 
 # What --set may change: the keys each controller reads (a typo would otherwise be silently ignored).
@@ -49,9 +56,10 @@ TUNABLE: dict[str, tuple[str, ...]] = {
     "random": ("batch_size",),
     "evolution": ("batch_size", "population_size", "tournament_size"),
     "tunas": ("batch_size", "learning_rate", "warmup_fraction", "lr_growth", "adam_beta1",
-              "baseline_decay", "entropy_weight"),
+              "baseline_decay", "entropy_weight", "advantage", "rank_window"),
     "enas": ("batch_size", "learning_rate", "hidden_size", "temperature", "tanh_constant",
-             "baseline_decay", "entropy_weight", "adam_beta1", "adam_eps"),
+             "baseline_decay", "entropy_weight", "adam_beta1", "adam_eps", "advantage",
+             "rank_window"),
 }
 
 SPACES: dict[str, dict[str, Any]] = {
@@ -80,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--first-seed", type=int, default=0, help="seeds are first..first+seeds-1")
   p.add_argument("--set", action="append", default=[], metavar="ALGO.KEY=VALUE",
                  help="override a hyperparameter, e.g. --set tunas.learning_rate=0.2")
+  p.add_argument("--retries", type=int, default=RETRIES,
+                 help="re-propose an already queried architecture up to this many times, for every "
+                      f"algorithm alike (default {RETRIES}; 0: query repeats)")
   p.add_argument("--out", default=None, help="write per-seed trajectories as JSON here")
   return p
 
@@ -89,6 +100,8 @@ def main(argv: Sequence[str]) -> int:
   algorithms = _algorithms(args.algorithm)
   if args.budget < 1:
     raise UserError(f"--budget is {args.budget}; it must be >= 1")
+  if args.retries < 0:
+    raise UserError(f"--retries is {args.retries}; it must be >= 0")
   if args.seeds < 1:
     raise UserError(f"--seeds is {args.seeds}; it must be >= 1")
   hparams = hyperparameters(algorithms, args.set)
@@ -107,8 +120,8 @@ def main(argv: Sequence[str]) -> int:
   summary: dict[str, dict[str, float]] = {}
   for name in algorithms:
     start = time.perf_counter()
-    runs[name] = [run(space, lookup, name, seed, args.budget, hparams[name], table=args.table)
-                  for seed in seeds]
+    runs[name] = [run(space, lookup, name, seed, args.budget, hparams[name], table=args.table,
+                      retries=args.retries) for seed in seeds]
     finals = np.array([r["best_so_far"][-1] for r in runs[name]])
     summary[name] = {"mean": float(finals.mean()), "std": _std(finals),
                      "seconds": time.perf_counter() - start}
@@ -119,7 +132,7 @@ def main(argv: Sequence[str]) -> int:
 
   if args.out:
     report = {"space": args.space, "table": args.table, "reward_column": args.reward_column,
-              "budget": args.budget, "seeds": seeds,
+              "budget": args.budget, "seeds": seeds, "retries": args.retries,
               "table_optimum": {"dna": list(optimum_dna), "string": space.format(optimum_dna),
                                 "reward": lookup[optimum_dna]},
               "hyperparameters": hparams, "summary": summary, "runs": runs}
@@ -193,8 +206,14 @@ def load_table(path: str, space: Any, arch_column: str, reward_column: str) -> d
 
 
 def run(space: Any, lookup: Mapping[tuple, float], algorithm: str, seed: int, budget: int,
-        hparams: Mapping[str, Any], table: str = "the table") -> dict[str, Any]:
-  """One search of `budget` table queries; returns the trajectory (dnas, rewards, best_so_far)."""
+        hparams: Mapping[str, Any], table: str = "the table", retries: int | None = None
+        ) -> dict[str, Any]:
+  """One search of `budget` table queries; returns the trajectory (dnas, rewards, best_so_far).
+
+  A proposal already queried in this run (or twice in one batch) is replaced by a fresh proposal from
+  the same state, up to `retries` times (default RETRIES); when the controller keeps proposing
+  known architectures the repeat is queried and counts against the budget.
+  """
   import jax  # pylint: disable=import-outside-toplevel
 
   controller, batch = build(space, algorithm, hparams, budget)
@@ -203,9 +222,13 @@ def run(space: Any, lookup: Mapping[tuple, float], algorithm: str, seed: int, bu
   state = controller.init(init_key)
   dnas: list[list[int]] = []
   rewards: list[float] = []
+  seen: set[tuple] = set()
   while len(rewards) < budget:
     key, propose_key = jax.random.split(key)
     proposed = controller.propose(state, propose_key, min(batch, budget - len(rewards)))
+    key, proposed = _fresh(controller, state, key, proposed, seen,
+                           RETRIES if retries is None else retries)
+    seen.update(tuple(int(i) for i in row) for row in proposed)
     values = np.array([_query(lookup, space, row, algorithm, seed, table) for row in proposed],
                       np.float32)
     state, _ = controller.feedback(state, proposed, values)
@@ -216,6 +239,38 @@ def run(space: Any, lookup: Mapping[tuple, float], algorithm: str, seed: int, bu
           "best_so_far": np.maximum.accumulate(rewards).tolist(),
           "distinct": len({tuple(d) for d in dnas}),
           "export": {"dna": list(export), "reward": lookup.get(export)}}
+
+
+def _fresh(controller, state, key, proposed, seen, retries):
+  """(key, proposed) with repeats of `seen` (or within the batch) replaced by new proposals, if any.
+
+  A table query stands for a training run, so a repeat wastes budget (a real search would look up the
+  result instead). Re-proposing from the unchanged state only resamples the controller's distribution
+  (rejection sampling: the policy restricted to architectures not yet tried), so it helps a
+  concentrated policy spend its queries on the next-most-likely architectures; a policy that puts
+  (almost) all its mass on known architectures still repeats one after `retries` tries. The driver does
+  it, not the controllers, so every algorithm (random search too) gets the same treatment.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+
+  proposed = np.array(proposed, np.int32)
+  for _ in range(retries):
+    rows = [tuple(int(i) for i in row) for row in proposed]
+    taken = set(seen)
+    repeats = []
+    for i, row in enumerate(rows):
+      if row in taken:
+        repeats.append(i)
+      taken.add(row)
+    if not repeats:
+      break
+    key, sub = jax.random.split(key)
+    fresh = controller.propose(state, sub, len(proposed))
+    for i, row in zip(repeats, fresh):
+      if tuple(int(v) for v in row) not in taken:
+        proposed[i] = row
+        taken.add(tuple(int(v) for v in row))
+  return key, proposed
 
 
 def build(space: Any, algorithm: str, hparams: Mapping[str, Any], budget: int) -> tuple[Any, int]:

@@ -230,3 +230,23 @@ def test_enas_update_ignores_choices_of_a_skipped_block():
   np.testing.assert_allclose(logp, controller.log_probs(state, dnas), rtol=1e-5, atol=1e-5)
   # (An inactive choice still conditions the later decisions through the LSTM's input embedding, since
   # block1/skip comes after block1/kernel; only its own log-prob term is left out.)
+
+
+@pytest.mark.parametrize("name", ["tunas", "enas"])
+def test_rank_advantage_is_scale_free_and_takes_batches(name):
+  """advantage="rank": rewards x100 (+ an outlier's size) change nothing; several rewards per call."""
+  config = {**CONFIGS[name], "advantage": "rank", "rank_window": 8, "warmup_fraction": 0.0}
+  controller = controllers.build(name, MIXED, config)
+  states = []
+  for scale in (1.0, 100.0):
+    state = controller.init(jax.random.PRNGKey(0))
+    key = jax.random.PRNGKey(1)
+    for _ in range(5):
+      key, sub = jax.random.split(key)
+      dnas = controller.propose(state, sub, 4)
+      state, metrics = controller.feedback(state, dnas, scale * _toy_reward(dnas))
+      assert all(np.isfinite(v) for v in metrics.values())
+    states.append(state)
+  assert int(states[0]["window_count"]) == 8
+  np.testing.assert_array_equal(controller.propose(states[0], jax.random.PRNGKey(9), 64),
+                                controller.propose(states[1], jax.random.PRNGKey(9), 64))
