@@ -22,11 +22,12 @@ def registry() -> dict[str, type[Controller]]:
 
 
 def build(name: str, space: Space, config: Mapping[str, Any] | None = None) -> Controller:
+  """Controller `name` over `space`; hyperparameters that are None fall back to its own defaults."""
   classes = registry()
   if name not in classes:
     raise UserError(f"unknown controller {name!r}; set --config.controller.name to one of "
                     f"{sorted(classes)}")
-  return classes[name](space, config)
+  return classes[name](space, {k: v for k, v in dict(config or {}).items() if v is not None})
 
 
 __all__ = ["AskTell", "Controller", "build", "registry", "search"]

@@ -58,10 +58,14 @@ def main(argv: Sequence[str]) -> int:
                       help="stand-alone trainings per architecture (scores are averaged; with 2 or "
                            "more the report gives the seed-to-seed tau, the noise ceiling)")
   parser.add_argument("--seed", type=int, default=0, help="seed of the architecture sample")
+  parser.add_argument("--reuse", default=None, metavar="RANK_JSON",
+                      help="an earlier rank.json with the same stand-alone setup (space, data, "
+                           "training, seeds): architectures it trained are not trained again, so "
+                           "several supernets are compared on one set of stand-alone scores")
   args = parser.parse_args(list(argv))
   report = run(args.workdir, args.num_archs, args.out, train_steps=args.train_steps,
                recalibrate_batches=args.recalibrate_batches, top_k=args.top_k, seed=args.seed,
-               train_seeds=args.train_seeds)
+               train_seeds=args.train_seeds, reuse=args.reuse)
   pct = report["search_result_percentile"]
   print(f"{len(report['archs'])} architectures: Kendall tau {_fmt(report['kendall_tau'])}, Spearman "
         f"{_fmt(report['spearman'])}, top-{report['top_k']} overlap {report['top_k_overlap']:.2f}; "
@@ -72,7 +76,7 @@ def main(argv: Sequence[str]) -> int:
 
 def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = None,
         recalibrate_batches: int = 20, top_k: int | None = None, seed: int = 0,
-        train_seeds: int = 1) -> dict:
+        train_seeds: int = 1, reuse: str | None = None) -> dict:
   """Scores the architectures and writes rank.json and rank.png; returns the report."""
   # pylint: disable=import-outside-toplevel
   import spaces
@@ -102,6 +106,8 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
   trainer = _Trainer(sess, train.optimizer(config, num_steps), num_steps)
   recal = [ds.batch("train", i, t.batch_size, config.seed) for i in range(recalibrate_batches)]
   trained_supernet = jax.device_get(sess.variables(params))
+  setup = standalone_setup(config, num_steps, train_seeds, recalibrate_batches, seed)
+  reused = _reusable(reuse, setup)
   setup_seconds = time.time() - wall
 
   archs = []
@@ -117,21 +123,23 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
     batch_stats_acc = session_lib.evaluate(sess, params, dna, "validation")
     score_seconds = time.time() - tic
     # Stand-alone score: fresh weights, S steps on this path only, recalibrated BN; mean over seeds.
-    tests, vals = [], []
-    for j in range(train_seeds):
-      key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed + 1), i), j)
-      trained = trainer.train(dna, key, config.seed + j)
-      alone = runner.recalibrate(supernet.child_variables(space, trained, dna), recal)
-      tests.append(runner.evaluate(alone, ds, "test", t.eval_batch_size))
-      vals.append(runner.evaluate(alone, ds, "validation", t.eval_batch_size))
+    standalone = reused.get(tuple(dna))
+    if standalone is None:
+      tests, vals = [], []
+      for j in range(train_seeds):
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed + 1), i), j)
+        trained = trainer.train(dna, key, config.seed + j)
+        alone = runner.recalibrate(supernet.child_variables(space, trained, dna), recal)
+        tests.append(runner.evaluate(alone, ds, "test", t.eval_batch_size))
+        vals.append(runner.evaluate(alone, ds, "validation", t.eval_batch_size))
+      standalone = {"standalone_accuracy": float(np.mean([r["accuracy"] for r in tests])),
+                    "standalone_accuracies": [r["accuracy"] for r in tests],
+                    "standalone_validation_accuracy": float(np.mean([r["accuracy"] for r in vals])),
+                    "standalone_loss": float(np.mean([r["loss"] for r in tests])),
+                    "standalone_losses": [r["loss"] for r in tests]}
     row = {**space.to_json(dna), "supernet_accuracy": supernet_eval["accuracy"],
-           "standalone_accuracy": float(np.mean([r["accuracy"] for r in tests])),
-           "standalone_accuracies": [r["accuracy"] for r in tests],
-           "standalone_validation_accuracy": float(np.mean([r["accuracy"] for r in vals])),
            "supernet_batch_stats_accuracy": batch_stats_acc,
-           "supernet_loss": supernet_eval["loss"],
-           "standalone_loss": float(np.mean([r["loss"] for r in tests])),
-           "standalone_losses": [r["loss"] for r in tests],
+           "supernet_loss": supernet_eval["loss"], **standalone,
            "num_params": export.count_params(inherited["params"]),
            "is_search_result": search_dna is not None and tuple(dna) == tuple(search_dna),
            "seconds": time.time() - tic, "score_seconds": score_seconds}
@@ -140,7 +148,9 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
           f"stand-alone {row['standalone_accuracy']:.4f} ({row['seconds']:.1f} s)", file=sys.stderr)
 
   report = _report(archs, k)
-  report.update({"space": space.name, "workdir": os.path.abspath(workdir), "train_steps": num_steps,
+  report.update({"standalone_setup": setup, "reused_standalone": sum(tuple(a["dna"]) in reused
+                                                                      for a in archs),
+                 "space": space.name, "workdir": os.path.abspath(workdir), "train_steps": num_steps,
                  "train_seeds": train_seeds, "recalibrate_batches": recalibrate_batches,
                  "seed": seed, "standalone_split": "test", "supernet_split": "validation",
                  "timing": {"setup_seconds": setup_seconds,
@@ -149,7 +159,7 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
                             "mean_arch_seconds": float(np.mean([a["seconds"] for a in archs])),
                             "mean_score_seconds": float(np.mean([a["score_seconds"]
                                                                  for a in archs])),
-                            "mean_train_seconds_per_seed": trainer.seconds / trainer.runs,
+                            "mean_train_seconds_per_seed": trainer.seconds / max(trainer.runs, 1),
                             "total_seconds": time.time() - wall}})
   io.write_json(out, report)
   plot(report, os.path.splitext(out)[0] + ".png")
@@ -187,6 +197,37 @@ class _Trainer:
     return jax.device_get(sess.variables(p))
 
 
+STANDALONE_FIELDS = ("standalone_accuracy", "standalone_accuracies", "standalone_validation_accuracy",
+                     "standalone_loss", "standalone_losses")
+
+
+def standalone_setup(config, train_steps: int, train_seeds: int, recalibrate_batches: int,
+                     seed: int) -> dict:
+  """Everything a stand-alone score depends on: equal setups give equal scores for equal DNAs."""
+  t = config.train
+  return {"space": config.space.to_dict(), "dataset": config.dataset.to_dict(),
+          "train": {k: t[k] for k in ("batch_size", "learning_rate", "warmup_steps", "momentum",
+                                       "weight_decay", "eval_batch_size")},
+          "data_seed": int(config.seed), "train_steps": int(train_steps), "train_seeds": int(train_seeds),
+          "recalibrate_batches": int(recalibrate_batches), "seed": int(seed)}
+
+
+def _reusable(path: str | None, setup: dict) -> dict:
+  """DNA -> stand-alone fields of an earlier report with the same setup ({} without --reuse)."""
+  if path is None:
+    return {}
+  import json  # pylint: disable=import-outside-toplevel
+  try:
+    with open(path, encoding="utf-8") as f:
+      old = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot read --reuse {path}: {e}; give a rank.json written by oneshot rank") from None
+  if json.loads(json.dumps(setup)) != old.get("standalone_setup"):
+    raise UserError(f"--reuse {path} was trained with another stand-alone setup (space, data, training "
+                    "steps, seeds or sample seed differ); drop --reuse or match its settings")
+  return {tuple(a["dna"]): {k: a[k] for k in STANDALONE_FIELDS} for a in old["archs"]}
+
+
 def _report(archs: Sequence[dict], k: int) -> dict:
   """The contracted statistics on accuracies, plus the same on other scores for context: accuracies of
   300 images tie often and carry +-1% binomial noise, so losses and seed-to-seed agreement help read
@@ -202,7 +243,10 @@ def _report(archs: Sequence[dict], k: int) -> dict:
       "kendall_tau_loss": correlations(col("supernet_loss", -1.0), col("standalone_loss", -1.0),
                                        k)["kendall_tau"],
       "kendall_tau_supernet_loss_vs_standalone_accuracy": correlations(
-          col("supernet_loss", -1.0), col("standalone_accuracy"), k)["kendall_tau"]}
+          col("supernet_loss", -1.0), col("standalone_accuracy"), k)["kendall_tau"],
+      # The free baseline a supernet ranking must beat: bigger networks are usually better.
+      "kendall_tau_num_params": correlations(col("num_params"), col("standalone_accuracy"),
+                                             k)["kendall_tau"]}
   if len(archs[0]["standalone_accuracies"]) >= 2:  # the noise ceiling: one training seed vs another
     for key, name in (("standalone_accuracies", ""), ("standalone_losses", "_loss")):
       seeds = [a[key] for a in archs]

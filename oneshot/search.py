@@ -2,8 +2,10 @@
 
 Per step: every device samples its own path (uniform during the first `uniform_fraction` of steps,
 then from the controller), the supernet takes one SGD step on the train batch with the per-path gradients
-averaged; then the controller proposes fresh paths, each device scores its path's accuracy on its shard
-of a (larger) validation batch, and the controller learns from those rewards (TuNAS/ENAS alternation).
+averaged; after the uniform warm-up the controller then proposes fresh paths, each device scores its
+path's accuracy on its shard of a (larger) validation batch, and the controller learns from those rewards
+(TuNAS/ENAS alternation). At the end every controller answers the same way (`answer`): its candidates
+are scored with the trained weights and the best on the whole validation split wins.
 """
 
 from __future__ import annotations
@@ -239,16 +241,10 @@ def _previous_wall(workdir: str) -> float:
 def _finish(sess, state, workdir, history, wall_start, primary) -> dict:
   """The answer (`controllers.rsws.select` over the controller's candidates, scored with the trained
   weights), written to search_result.json with the finalists' scores."""
-  from controllers import rsws  # pylint: disable=import-outside-toplevel
   config, params = sess.config, state["params"]
-  select = _select_config(config)
+  select = select_config(config)
   key = jax.random.fold_in(jax.random.wrap_key_data(np.asarray(state["key"])), 2**31 - 1)
-  candidates = sess.controller.candidates(state["controller"], key, select["num_candidates"])
-  dna, table = rsws.select(
-      sess.space, candidates,
-      lambda dnas: session_lib.score_candidates(sess, params, dnas, select["score_images"]),
-      top_k=select["top_k"], rescore_fn=lambda d: session_lib.evaluate(sess, params, d))
-  reward = next(r["rescore"] for r in table if tuple(r["dna"]) == tuple(dna))
+  dna, reward, table = answer(sess, params, sess.controller, state["controller"], key)
   own = sess.space.format(sess.controller.best(state["controller"]))
   probs = sess.controller.probabilities(state["controller"])
   result = {**sess.space.to_json(dna), "reward": reward,
@@ -271,7 +267,20 @@ def _finish(sess, state, workdir, history, wall_start, primary) -> dict:
   return result
 
 
-def _select_config(config) -> dict:
+def answer(sess, params, controller, controller_state, key) -> tuple[tuple, float, list]:
+  """(DNA, its whole-validation accuracy, selection table): the controller's candidates scored with
+  the supernet weights `params` by `controllers.rsws.select`, as `config.select` says."""
+  from controllers import rsws  # pylint: disable=import-outside-toplevel
+  select = select_config(sess.config)
+  candidates = controller.candidates(controller_state, key, select["num_candidates"])
+  dna, table = rsws.select(
+      sess.space, candidates,
+      lambda dnas: session_lib.score_candidates(sess, params, dnas, select["score_images"]),
+      top_k=select["top_k"], rescore_fn=lambda d: session_lib.evaluate(sess, params, d))
+  return dna, next(r["rescore"] for r in table if tuple(r["dna"]) == tuple(dna)), table
+
+
+def select_config(config) -> dict:
   select = config.get("select") or {}
   get = lambda name, default: int(select.get(name, default)) if select else default
   return {"num_candidates": get("num_candidates", 100), "score_images": get("score_images", 256),

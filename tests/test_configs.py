@@ -12,7 +12,7 @@ import spaces
 from oneshot import supernet
 from tests.conftest import REPO
 
-CONFIGS = {"digits.py": (8, 8, 1, 10), "digits_nb201.py": (8, 8, 1, 10),
+CONFIGS = {"digits.py": (8, 8, 1, 10), "digits_nb201.py": (8, 8, 1, 10), "fashion_mnist.py": (28, 28, 1, 10),
            "cifar10.py": (32, 32, 3, 10), "imagenet_mobilenet.py": (224, 224, 3, 1000)}
 
 
@@ -31,7 +31,8 @@ def test_config_builds_and_supernet_initialises(name):
   h, w, c, classes = CONFIGS[name]
   space = spaces.build(config.space)
   controllers.build(config.controller.name, space, config.controller.to_dict())
-  model = supernet.build(space, classes, c, config.supernet.executor, config.supernet.depthwise)
+  model = supernet.build(space, classes, c, config.supernet.executor, config.supernet.depthwise,
+                         config.supernet.depthwise_sharing)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((2, h, w, c)),
                           jnp.zeros(space.num_decisions, jnp.int32))
   count = sum(x.size for x in jax.tree.leaves(shapes["params"]))

@@ -296,8 +296,22 @@ def test_rank_writes_the_report(mobilenet, tmp_path, capsys):
   assert all(len(a["standalone_accuracies"]) == 2 for a in report["archs"])
   assert "kendall_tau_seed0_vs_seed1" in report["context"]
   assert (out.parent / "rank.png").stat().st_size > 1000
+  assert "kendall_tau_num_params" in report["context"]
   _fails_cleanly(["rank", "--workdir", mobilenet.workdir, "--num-archs", "1", "--out",
                   str(tmp_path / "x.json")], str(tmp_path / "x.json"), capsys, "--num-archs")
+  # --reuse: the same setup takes the stand-alone scores instead of training again.
+  again = tmp_path / "again.json"
+  assert cli.main(["rank", "--workdir", mobilenet.workdir, "--num-archs", "3", "--out", str(again),
+                   "--train-steps", "2", "--recalibrate-batches", "1", "--train-seeds", "2",
+                   "--reuse", str(out)]) == 0
+  capsys.readouterr()
+  second = json.loads(again.read_text())
+  assert second["reused_standalone"] == 3
+  assert [a["standalone_accuracies"] for a in second["archs"]] == [
+      a["standalone_accuracies"] for a in report["archs"]]
+  _fails_cleanly(["rank", "--workdir", mobilenet.workdir, "--num-archs", "3", "--out",
+                  str(tmp_path / "y.json"), "--train-steps", "3", "--recalibrate-batches", "1",
+                  "--reuse", str(out)], str(tmp_path / "y.json"), capsys, "stand-alone setup")
 
 
 def test_sample_is_balanced_and_distinct(mobilenet):
