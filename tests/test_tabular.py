@@ -172,3 +172,18 @@ def test_repeated_proposals_are_replaced_by_fresh_ones(table):
   repeats = tabular.run(SPACE, lookup, "evolution", 0, 40, hp, retries=0)
   fresh = tabular.run(SPACE, lookup, "evolution", 0, 40, hp, retries=10)
   assert repeats["distinct"] < 40 and fresh["distinct"] == 40
+
+
+def test_evolution_defaults_select_hard_and_beat_random_search(table):
+  """The tabular defaults select strongly (S close to P: at ~80 children strong selection pays, see
+  DEFAULTS) and are a valid controller config; on a separable table evolution must beat uniform
+  sampling clearly and get within reach of the optimum."""
+  _, lookup = table
+  hp = tabular.DEFAULTS["evolution"]
+  assert 1 <= hp["tournament_size"] <= hp["population_size"] < 100
+  assert hp["tournament_size"] >= 0.75 * hp["population_size"]
+  seeds, budget = range(6), 60
+  base = _finals(lookup, "random", seeds, budget)
+  finals = _finals(lookup, "evolution", seeds, budget)
+  se = np.sqrt(finals.var(ddof=1) / len(finals) + base.var(ddof=1) / len(base))
+  assert finals.mean() - base.mean() > max(2 * se, 0.5), (finals, base)
