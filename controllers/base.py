@@ -55,7 +55,7 @@ class Controller(abc.ABC):
     estimate, and sampling several from a trained policy is what ENAS does."""
     rows = [tuple(self.best(state))] + [tuple(int(c) for c in r)
                                         for r in self.propose(state, key, max(1, num))]
-    return distinct(rows, num)
+    return distinct(rows, num, self.space)
 
   def entropy(self, state: State) -> float:
     """Sum over decisions of the marginal entropy, in nats."""
@@ -68,9 +68,11 @@ def marginal_entropy(probabilities: np.ndarray) -> float:
   return float(-(p * np.log(np.where(p > 0, p, 1.0))).sum())
 
 
-def distinct(rows, num: int) -> np.ndarray:
-  """The first `num` distinct rows, in order, as int32 [n, D]."""
-  kept = list(dict.fromkeys(tuple(int(c) for c in r) for r in rows))[:max(1, num)]
+def distinct(rows, num: int, space: Space) -> np.ndarray:
+  """The first `num` distinct networks among `rows`, in order, as canonical int32 DNAs [n, D]
+  (`Space.canonical`: two DNAs that differ only in a dropped block's choices are one network)."""
+  canonical = space.canonical(np.asarray(rows, np.int32).reshape(-1, space.num_decisions))
+  kept = list(dict.fromkeys(tuple(int(c) for c in r) for r in canonical))[:max(1, num)]
   return np.asarray(kept, np.int32)
 
 

@@ -104,10 +104,10 @@ class EvolutionController(Controller):
     minibatch, so the answer is whichever of them rescores best (the best single reward ever seen is
     partly luck, the winner's curse). Uniform draws before the first reward."""
     if int(state["count"]) == 0:
-      return distinct(self.space.sample(numpy_rng(key), max(1, num)), num)
+      return distinct(self.space.sample(numpy_rng(key), max(1, num)), num, self.space)
     live = np.flatnonzero(np.asarray(state["birth"]) >= 0)
     order = live[np.argsort(-np.asarray(state["rewards"])[live], kind="stable")]
-    return distinct([state["best_dna"]] + [state["dnas"][i] for i in order], num)
+    return distinct([state["best_dna"]] + [state["dnas"][i] for i in order], num, self.space)
 
   def best(self, state: State) -> DNA:
     """The best DNA ever rewarded, kept in the state.

@@ -55,11 +55,11 @@ def numpy_rng(key: jax.Array) -> np.random.Generator:
 
 
 def distinct_samples(space: Space, num: int, rng: np.random.Generator) -> np.ndarray:
-  """`num` valid uniform DNAs [num, D], distinct where 20 * num draws find that many (a small space
-  repeats some rather than fail)."""
+  """`num` valid uniform DNAs [num, D], distinct networks (canonical DNAs, see `Space.canonical`)
+  where 20 * num draws find that many (a small space repeats some rather than fail)."""
   seen: dict[tuple, None] = {}
   for _ in range(20 * num):
-    seen.setdefault(tuple(int(c) for c in space.sample(rng)), None)
+    seen.setdefault(tuple(int(c) for c in space.canonical(space.sample(rng))), None)
     if len(seen) == num:
       break
   out = list(seen)

@@ -109,6 +109,13 @@ class Space:
         out[..., j] = np.isin(dnas[..., p], allowed)
     return out
 
+  def canonical(self, dnas: Any) -> np.ndarray:
+    """`dnas` with every inactive decision set to choice 0: DNAs that build the same network (a
+    dropped block's kernel size differs) become equal, so candidate lists and samples can be
+    deduplicated by the network rather than by the DNA."""
+    dnas = np.asarray(dnas)
+    return np.where(self.active(dnas), dnas, 0).astype(dnas.dtype)
+
   def choice_mask(self) -> np.ndarray:
     """[num_decisions, max_choices] bool: which padded logit slots are real choices."""
     return np.arange(self.max_choices)[None, :] < self.num_choices[:, None]

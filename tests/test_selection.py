@@ -97,8 +97,21 @@ def test_policy_controllers_offer_their_choice_plus_distinct_samples():
     controller = controllers.build(name, space, {"num_steps": 10})
     state = controller.init(jax.random.PRNGKey(0))
     candidates = controller.candidates(state, jax.random.PRNGKey(1), 16)
-    assert tuple(candidates[0]) == controller.best(state)
+    assert tuple(candidates[0]) == tuple(space.canonical(controller.best(state)))
     assert len({tuple(c) for c in candidates}) == len(candidates) == 16
+
+
+def test_candidates_are_distinct_networks_not_distinct_dnas():
+  """Two DNAs that differ only in a dropped block's kernel are one network: one candidate slot."""
+  space = spaces.build(get_config().space)
+  dna = np.zeros(space.num_decisions, np.int32)
+  dna[space.names.index("block1/skip")] = 1
+  other = dna.copy()
+  other[space.names.index("block1/kernel")] = 2
+  assert not space.active(dna[None])[0, space.names.index("block1/kernel")]
+  assert (space.canonical(other) == dna).all()
+  from controllers.base import distinct  # pylint: disable=import-outside-toplevel
+  assert len(distinct([dna, other, dna], 10, space)) == 1
 
 
 def test_sync_batch_norm_is_refused_in_a_search():
