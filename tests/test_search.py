@@ -68,6 +68,7 @@ def test_stop_and_resume_equals_straight_run(straight, tmp_path):
     ("--config.supernet.executor=pmap", "unknown executor"),
     ("--config.train.num_steps=abc", "num_steps"),
     ("--config.no_such_field=1", "no_such_field"),
+    ("--config.supernet.sync_batch_norm=True", "sync_batch_norm"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(override, needle, tmp_path, capsys):
   workdir = tmp_path / "w"
