@@ -26,9 +26,10 @@ from spaces.core import DNA, Space
 class EvolutionController(Controller):
   """Regularized evolution; config: population_size (P, default 20), tournament_size (S, default 5).
 
-  Defaults are for small budgets (tabular runs of ~100 queries): the paper's P = 100 would spend the
-  whole budget on the random initial population. S / P sets the selection pressure (S = P is greedy
-  hill climbing from the current best; S = 1 is random mutation of the population).
+  P = 20 suits small budgets: the paper's P = 100 would spend a 100-query budget on the random initial
+  population. S / P sets the selection pressure (S = P is greedy hill climbing from the current best;
+  S = 1 is random mutation of the population); `oneshot tabular` uses S = 18 (measured there), the
+  supernet search S = 5, where each reward is one noisy minibatch and strong selection would chase it.
   """
 
   name = "evolution"
