@@ -264,11 +264,13 @@ def sample_architectures(space: Space, num: int, seed: int, include: DNA | None 
   n = num - len(chosen)
   columns = [rng.permutation(np.arange(n) % d.num_choices) for d in space.decisions]
   network = lambda d: tuple(int(c) for c in space.canonical(d))  # a dropped block's choices don't count
+  seen = {network(c) for c in chosen}
   for row in (zip(*columns) if n > 0 else ()):
     dna = tuple(int(c) for c in row)
-    while network(dna) in {network(c) for c in chosen} or not space.is_valid(dna):
+    while network(dna) in seen or not space.is_valid(dna):
       dna = tuple(int(c) for c in space.sample(rng))
     chosen.append(dna)
+    seen.add(network(dna))
   return chosen
 
 

@@ -251,8 +251,7 @@ def _finish(sess, state, workdir, history, wall_start, primary) -> dict:
             "controller": {d.name: [float(p) for p in probs[i, :d.num_choices]]
                            for i, d in enumerate(sess.space.decisions)},
             "controller_name": config.controller.name,
-            "controller_hyperparameters": {
-                k: v for k, v in session_lib.controller_config(config).items()},
+            "controller_hyperparameters": session_lib.controller_config(config),
             "selection": {**select, "candidates_scored": len(table), "controller_choice": own,
                           "finalists": [r for r in table if r["rescore"] is not None]},
             "steps": int(state["step"]), "wall_seconds": time.time() - wall_start,
