@@ -48,6 +48,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
   """
   if step in mngr.all_steps():
     _set_aside(mngr, step)
+  _quiet_unretrieved_write_failures()
   quiet = _DropOrbaxRecords()
   logging.getLogger("absl").addFilter(quiet)
   try:
@@ -121,6 +122,24 @@ def _join_orbax_threads(timeout: float = 60.0) -> None:
 class _DropOrbaxRecords(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     return "orbax" not in record.pathname or record.levelno < logging.ERROR
+
+
+class _DropUnretrievedWriteFailures(logging.Filter):
+  """Drops asyncio's 'Task exception was never retrieved' record when the task died of a failed file
+  write. Orbax starts one task per array fragment and raises the first failure; the others are logged
+  by asyncio whenever the garbage collector reaches them, which can be after the save has returned (or
+  at exit). The failure is reported once, as one line, by `save`'s caller."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (str(record.msg).startswith("Task exception was never retrieved")
+                and _write_failure(exc) is not None)
+
+
+def _quiet_unretrieved_write_failures() -> None:
+  logger = logging.getLogger("asyncio")
+  if not any(isinstance(f, _DropUnretrievedWriteFailures) for f in logger.filters):
+    logger.addFilter(_DropUnretrievedWriteFailures())
 
 
 def _write_failure(e: BaseException | None) -> str | None:
