@@ -26,6 +26,7 @@ import urllib.parse
 import urllib.request
 import zlib
 from typing import Any, Iterator
+from unittest import mock
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -496,7 +497,7 @@ def _open_builder(name: str, data_dir: str | None,
   where = data_dir or tfds.core.constants.DATA_DIR
   if name in _LOCAL_BUILDERS:
     cls = _LOCAL_BUILDERS[name]
-    with _quiet_absl():
+    with _quiet_absl(), _no_info_from_bucket():
       builder = cls(data_dir=data_dir, file_format="array_record")
       prepared = builder.is_prepared()
     if not prepared:
@@ -523,6 +524,18 @@ def _open_builder(name: str, data_dir: str | None,
     raise UserError(f"dataset {name!r} in {where} is stored as {fmt}, which needs TensorFlow to read; "
                     f"rebuild it with `tfds build {name} --data_dir {where} --file_format array_record`")
   return builder
+
+
+@contextlib.contextmanager
+def _no_info_from_bucket() -> Iterator[None]:
+  """Constructing a builder whose data is not prepared yet makes TFDS look for its DatasetInfo on GCS
+  (`DatasetInfo.initialize_from_bucket`), which first creates a `/tmp/tmp*tfds` folder and, offline
+  or when GCS has nothing, returns without removing it: one stray folder per first load. The local
+  builders describe themselves in code, so the probe is skipped for them (TFDS has no switch for it).
+  """
+  with mock.patch.object(tfds.core.dataset_info.DatasetInfo, "initialize_from_bucket",
+                         lambda self: None):
+    yield
 
 
 @contextlib.contextmanager

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -55,6 +57,14 @@ def test_split_is_a_pure_function_of_the_fixed_seed():
   assert sorted(order) == list(range(1797))
   np.testing.assert_array_equal(order, data.permutation(1797, data.DIGITS_SEED))
   assert not np.array_equal(order, data.permutation(1797, data.DIGITS_SEED + 1))
+
+
+def test_preparing_leaves_no_stray_folder_in_the_temp_dir(tmp_path, monkeypatch):
+  scratch = tmp_path / "scratch"
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+  data.load({"name": "digits", "data_dir": str(tmp_path / "data")})
+  assert os.listdir(scratch) == []
 
 
 def test_preparing_prints_nothing_on_stdout(tmp_path, capfd):
