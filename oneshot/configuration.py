@@ -7,7 +7,11 @@ argv (tests call `main(argv)` many times in one process) and every parse error b
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import sys
+import traceback
 from typing import Callable, Sequence
 
 import ml_collections
@@ -34,10 +38,22 @@ def parse_flags(argv: Sequence[str], define: Callable[[flags.FlagValues], None] 
     print(f"usage: oneshot {command} [--config FILE] [--config.FIELD=VALUE ...] [flags]\n")
     print(fv.main_module_help() or fv.get_help())
     raise SystemExit(0)
+  path = _config_path(argv)
+  if path is not None and not os.path.isfile(path):
+    raise UserError(f"config file {path} not found; give a Python file with get_config(), e.g. "
+                    "--config configs/digits.py")
+  # ml_collections loads every config file as module `config_config` with `load_module()`, which
+  # executes into the module already in sys.modules: a second parse in one process (the tests, the
+  # Python API) would keep names the new file does not define, such as an earlier get_config().
+  sys.modules.pop("config_config", None)
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addFilter(_drop_none_warning)  # `load` says it once, as an error
   try:
     rest = fv(["oneshot"] + argv, known_only=True)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    raise UserError(_flag_message(e)) from None
+  except Exception as e:  # pylint: disable=broad-except  # a config file may raise anything
+    raise UserError(_config_file_message(e, path) or _flag_message(e)) from None
+  finally:
+    absl_logger.removeFilter(_drop_none_warning)
   if rest[1:]:
     raise UserError(f"unknown argument {rest[1]!r}; see `oneshot {command} --help`")
   if config_required and fv["config"].value is None and not fv.is_parsed():
@@ -58,8 +74,62 @@ def load(fv: flags.FlagValues) -> ml_collections.ConfigDict:
     raise UserError(f"cannot load config: {_flag_message(e)}; check --config and its "
                     "--config.* overrides (names and types must match the config file)") from None
   if config is None:
+    if fv["config"].present:
+      raise UserError("the config file's get_config() returned None; return the "
+                      "ml_collections.ConfigDict it builds")
     raise UserError("--config is required, e.g. --config configs/digits.py")
   return config
+
+
+def _drop_none_warning(record: logging.LogRecord) -> bool:
+  return "get_config() returned None" not in record.getMessage()
+
+
+def _config_path(argv: list[str]) -> str | None:
+  """The file named by the last `--config FILE` / `--config=FILE` (without ml_collections'
+  `:argument` suffix), or None."""
+  path = None
+  for i, arg in enumerate(argv):
+    if arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+    elif arg.startswith("--config="):
+      path = arg[len("--config="):]
+  if path is not None and not os.path.isfile(path) and ":" in path:
+    path = path.split(":", 1)[0]
+  return path
+
+
+def _config_file_message(e: BaseException, path: str | None) -> str | None:
+  """One line for an error raised while loading the config file itself (syntax, imports, a failing
+  get_config, no get_config), or None for an override error. ml_collections re-raises TypeError and
+  ValueError from the file with the formatted traceback as their message, hence the text search."""
+  if path is None:
+    return None
+  if "has no attribute 'get_config'" in str(e):
+    return (f"config file {path} has no get_config(); define get_config() returning an "
+            "ml_collections.ConfigDict")
+  where = os.path.abspath(path)
+  line = None
+  if isinstance(e, SyntaxError) and e.filename and os.path.abspath(e.filename) == where:
+    line = e.lineno
+  else:
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == where]
+    if frames:
+      line = frames[-1].lineno
+    elif "Error whilst parsing config file" in str(e):
+      found = re.findall(rf'File "{re.escape(path)}", line (\d+)', str(e))
+      if not found:
+        return None
+      line = int(found[-1])
+    else:
+      return None
+  text = str(e).strip().splitlines()
+  detail = text[-1].strip() if text else ""
+  if isinstance(e, SyntaxError):
+    detail = e.msg
+  elif not re.match(r"\w+(Error|Exception): ", detail):  # not already named (absl's wrapped ones are)
+    detail = f"{type(e).__name__}: {detail}"
+  return f"cannot load config file {path} (line {line}): {detail}; fix the file"
 
 
 def section(config, name: str, fields) -> dict:
