@@ -505,7 +505,7 @@ def _open_builder(name: str, data_dir: str | None,
       builder = cls(data_dir=data_dir, file_format="array_record")
     return builder
   try:
-    with _quiet_absl():
+    with _quiet_absl(), _no_info_from_bucket():  # unprepared is refused below: no GCS info needed
       builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise UserError(f"unknown dataset {name!r}: not a TFDS dataset; set --config.dataset.name to a "
@@ -531,7 +531,8 @@ def _no_info_from_bucket() -> Iterator[None]:
   """Constructing a builder whose data is not prepared yet makes TFDS look for its DatasetInfo on GCS
   (`DatasetInfo.initialize_from_bucket`), which first creates a `/tmp/tmp*tfds` folder and, offline
   or when GCS has nothing, returns without removing it: one stray folder per first load. The local
-  builders describe themselves in code, so the probe is skipped for them (TFDS has no switch for it).
+  builders describe themselves in code, and other datasets must be prepared already (`_open_builder`
+  refuses them otherwise), so the probe is skipped (TFDS has no switch for it).
   """
   with mock.patch.object(tfds.core.dataset_info.DatasetInfo, "initialize_from_bucket",
                          lambda self: None):
@@ -573,7 +574,9 @@ def _prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None) -
     with contextlib.redirect_stdout(sys.stderr), _quiet_absl():
       builder.download_and_prepare(download_config=config)
   except OSError:
-    if not type(builder)(data_dir=builder.data_dir_root, file_format="array_record").is_prepared():
+    with _no_info_from_bucket():
+      prepared = type(builder)(data_dir=builder.data_dir_root, file_format="array_record").is_prepared()
+    if not prepared:
       _remove_empty(created)
       raise
   except BaseException:

@@ -161,7 +161,8 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 
 def _nothing_prepared(data_dir) -> None:
   assert not os.path.exists(data_dir) or not os.listdir(data_dir), os.listdir(data_dir)
-  assert not data.FashionMnistUint8(data_dir=str(data_dir)).is_prepared()
+  with data._no_info_from_bucket():  # pylint: disable=protected-access  # no stray /tmp folder
+    assert not data.FashionMnistUint8(data_dir=str(data_dir)).is_prepared()
 
 
 @pytest.mark.parametrize("manual, failure", [(None, "unreachable"), ("empty", "unreachable"),
