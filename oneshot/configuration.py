@@ -109,27 +109,17 @@ def _config_file_message(e: BaseException, path: str | None) -> str | None:
     return (f"config file {path} has no get_config(); define get_config() returning an "
             "ml_collections.ConfigDict")
   where = os.path.abspath(path)
-  line = None
   if isinstance(e, SyntaxError) and e.filename and os.path.abspath(e.filename) == where:
-    line = e.lineno
-  else:
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == where]
-    if frames:
-      line = frames[-1].lineno
-    elif "Error whilst parsing config file" in str(e):
-      found = re.findall(rf'File "{re.escape(path)}", line (\d+)', str(e))
-      if not found:
-        return None
-      line = int(found[-1])
-    else:
-      return None
+    return f"cannot load config file {path} (line {e.lineno}): {e.msg}; fix the file"
+  lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == where]
+  lines = lines or [int(n) for n in re.findall(rf'File "{re.escape(path)}", line (\d+)', str(e))]
+  if not lines:
+    return None
   text = str(e).strip().splitlines()
   detail = text[-1].strip() if text else ""
-  if isinstance(e, SyntaxError):
-    detail = e.msg
-  elif not re.match(r"\w+(Error|Exception): ", detail):  # not already named (absl's wrapped ones are)
+  if not re.match(r"\w+(Error|Exception): ", detail):  # not already named (absl's wrapped ones are)
     detail = f"{type(e).__name__}: {detail}"
-  return f"cannot load config file {path} (line {line}): {detail}; fix the file"
+  return f"cannot load config file {path} (line {lines[-1]}): {detail}; fix the file"
 
 
 def section(config, name: str, fields) -> dict:
