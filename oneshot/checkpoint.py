@@ -125,14 +125,16 @@ class _DropOrbaxRecords(logging.Filter):
 
 
 class _DropUnretrievedWriteFailures(logging.Filter):
-  """Drops asyncio's 'Task exception was never retrieved' record when the task died of a failed file
-  write. Orbax starts one task per array fragment and raises the first failure; the others are logged
-  by asyncio whenever the garbage collector reaches them, which can be after the save has returned (or
-  at exit). The failure is reported once, as one line, by `save`'s caller."""
+  """Drops asyncio's '<Task|Future|_GatheringFuture> exception was never retrieved' record when the
+  future died of a failed file write. Orbax starts one task per array fragment, gathers them and raises
+  the first failure; the others (and the gathering future) are logged by asyncio whenever the garbage
+  collector reaches them, which can be after the save has returned (or at exit). The failure is
+  reported once, as one line, by `save`'s caller."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
-    return not (str(record.msg).startswith("Task exception was never retrieved")
+    first_line = str(record.msg).split("\n", 1)[0]
+    return not (first_line.endswith("exception was never retrieved")
                 and _write_failure(exc) is not None)
 
 

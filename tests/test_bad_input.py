@@ -194,13 +194,15 @@ if sys.argv[1] == "quiet":
   checkpoint._quiet_unretrieved_write_failures()
 async def fail(message):
   raise ValueError(message)
+WRITE_ERROR = "Failed to write 16098 bytes to file 8: File too large [os_error_code='27']"
 loop = asyncio.new_event_loop()
-tasks = [loop.create_task(fail("Failed to write 16098 bytes to file 8: File too large "
-                               "[os_error_code='27']")),
-         loop.create_task(fail("an unrelated bug"))]
+async def start():  # orbax gathers its write tasks: the gathering future is logged too (CI saw it)
+  return [asyncio.ensure_future(fail(WRITE_ERROR)), asyncio.gather(fail(WRITE_ERROR), fail("x")),
+          asyncio.ensure_future(fail("an unrelated bug"))]
+futures = loop.run_until_complete(start())
 loop.run_until_complete(asyncio.sleep(0.01))
 loop.close()
-del tasks
+del futures
 gc.collect()
 """
 
