@@ -73,12 +73,23 @@ def load(fv: flags.FlagValues) -> ml_collections.ConfigDict:
   except (OSError, AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
     raise UserError(f"cannot load config: {_flag_message(e)}; check --config and its "
                     "--config.* overrides (names and types must match the config file)") from None
+  # ml_collections keeps an OSError raised by the config file (FileNotFoundError included) in a
+  # placeholder that raises on first use, i.e. in the middle of a run with a traceback. Its class is
+  # private; the name is the only public trace of it.
+  if type(config).__name__ == "_ErrorConfig":
+    path = _config_path(["--config", fv["config"].config_filename])
+    error = vars(config)["_error"]
+    raise UserError(_config_file_message(error, path)
+                    or f"cannot load config file {path}: {error}; fix the file") from None
   if config is None:
     if fv["config"].present:
-      raise UserError("the config file's get_config() returned None; return the "
-                      "ml_collections.ConfigDict it builds")
+      raise UserError(_RETURNED_NONE)
     raise UserError("--config is required, e.g. --config configs/digits.py")
   return config
+
+
+_RETURNED_NONE = ("the config file's get_config() returned None; return the ml_collections.ConfigDict "
+                  "it builds")
 
 
 def _drop_none_warning(record: logging.LogRecord) -> bool:
@@ -105,6 +116,10 @@ def _config_file_message(e: BaseException, path: str | None) -> str | None:
   ValueError from the file with the formatted traceback as their message, hence the text search."""
   if path is None:
     return None
+  if str(e).startswith("Configuration is not available because of an earlier failure"):
+    e = e.__cause__ or e  # an override touched the placeholder of an OSError (see `load`)
+  if "Attribute <class 'NoneType'>" in str(e):  # an override applied to get_config()'s None
+    return _RETURNED_NONE
   if "has no attribute 'get_config'" in str(e):
     return (f"config file {path} has no get_config(); define get_config() returning an "
             "ml_collections.ConfigDict")
@@ -113,13 +128,17 @@ def _config_file_message(e: BaseException, path: str | None) -> str | None:
     return f"cannot load config file {path} (line {e.lineno}): {e.msg}; fix the file"
   lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == where]
   lines = lines or [int(n) for n in re.findall(rf'File "{re.escape(path)}", line (\d+)', str(e))]
-  if not lines:
+  # An OSError while the file's top level runs is reported by ml_collections without its frames,
+  # as 'Failed loading config file ...' followed by what each attempted path raised.
+  unlocated = isinstance(e, OSError) and str(e).startswith("Failed loading config file")
+  if not lines and not unlocated:
     return None
   text = str(e).strip().splitlines()
   detail = text[-1].strip() if text else ""
   if not re.match(r"\w+(Error|Exception): ", detail):  # not already named (absl's wrapped ones are)
     detail = f"{type(e).__name__}: {detail}"
-  return f"cannot load config file {path} (line {lines[-1]}): {detail}; fix the file"
+  where = f" (line {lines[-1]})" if lines else ""
+  return f"cannot load config file {path}{where}: {detail}; fix the file"
 
 
 def section(config, name: str, fields) -> dict:

@@ -114,6 +114,10 @@ BAD_CONFIG_FILES = {
     "value": ("def get_config():\n  return int('x')\n", ("(line 2): ValueError: invalid literal",)),
     "no get_config": ("x = 1\n", ("has no get_config()", "define get_config()")),
     "returns None": ("def get_config():\n  pass\n", ("get_config() returned None",)),
+    # ml_collections defers OSErrors to the config's first use (they surfaced mid-run, exit 1).
+    "OSError in get_config": ("def get_config():\n  return open('/no/such/file')\n",
+                              ("(line 2): FileNotFoundError:", "/no/such/file")),
+    "OSError at import": ("open('/no/such/file')\n", ("OSError: [Errno 2]", "/no/such/file")),
 }
 
 
@@ -135,6 +139,8 @@ def test_config_file_that_does_not_load(capsys, tmp_path, command, kind):
   line = _fails(capsys, [command, "--config", str(path)] + out, *needles)
   assert kind == "returns None" or str(path) in line
   assert not (tmp_path / "w").exists()
+  if command == "search":  # with an override, ml_collections touches the loaded config at once
+    _fails(capsys, [command, "--config", str(path), "--config.seed=1"] + out, *needles)
 
 
 # --- config values -----------------------------------------------------------------------------------
