@@ -125,17 +125,15 @@ class _DropOrbaxRecords(logging.Filter):
 
 
 class _DropUnretrievedWriteFailures(logging.Filter):
-  """Drops asyncio's '<Task|Future|_GatheringFuture> exception was never retrieved' record when the
-  future died of a failed file write. Orbax starts one task per array fragment, gathers them and raises
-  the first failure; the others (and the gathering future) are logged by asyncio whenever the garbage
-  collector reaches them, which can be after the save has returned (or at exit). The failure is
-  reported once, as one line, by `save`'s caller."""
+  """Drops asyncio's records of futures that died of a failed file write ('Task/_GatheringFuture
+  exception was never retrieved', or any other record carrying such an exception). Orbax starts one
+  task per array fragment, gathers them and raises the first failure; the others are logged by asyncio
+  whenever the garbage collector reaches them, which can be after the save has returned (or at exit).
+  The failure is reported once, as one line, by `save`'s caller; other asyncio records pass."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
-    first_line = str(record.msg).split("\n", 1)[0]
-    return not (first_line.endswith("exception was never retrieved")
-                and _write_failure(exc) is not None)
+    return _write_failure(exc) is None
 
 
 def _quiet_unretrieved_write_failures() -> None:
