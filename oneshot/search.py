@@ -49,6 +49,9 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
+AGREE_EVERY = 10  # steps between the hosts' SIGTERM agreements in a multi-process job
+
+
 class _StopRequest:
   """SIGTERM (preemption) -> finish the current step, checkpoint, exit cleanly."""
 
@@ -67,12 +70,17 @@ class _StopRequest:
     del signum, frame
     self.requested = True
 
-  def agreed(self) -> bool:
-    """Whether to stop after this step, the same answer on every process. A preemption signals each
-    host at its own moment; a host that stopped alone would leave the others blocked in the next step's
-    collectives (and the checkpoint half-saved), so the hosts OR their requests at every step boundary."""
+  def agreed(self, boundary: bool) -> bool:
+    """Whether to stop now, the same answer on every process. A preemption signals each host at its
+    own moment; a host that stopped alone would leave the others blocked in the next step's
+    collectives (and the checkpoint half-saved), so the hosts OR their requests at agreed
+    `boundary` steps: every `AGREE_EVERY` steps and where the loop synchronises anyway (logged and
+    checkpointed steps). A cross-host read every step would stall every step; a preemption's grace
+    period is tens of seconds."""
     if jax.process_count() == 1:
       return self.requested
+    if not boundary:
+      return False
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
 
@@ -127,12 +135,12 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
   history = _load_history(workdir, start) if primary else []
   progress = io.Progress(t.num_steps, t.log_every)
   wall_start = time.time() - float(_previous_wall(workdir))
-  nonfinite = 0
+  pending = steps.StepMetrics(t.max_nonfinite_steps)  # read on logged/checkpointed/last steps only
+  text = "(compiling)"
   step = start
   with _StopRequest() as stop:
     try:
       for step in range(start, t.num_steps):
-        tic = time.time()
         step_key = jax.random.fold_in(key, step)
         k_train, k_reward = jax.random.split(step_key)
         # Warm-up: uniform paths and no controller update (TuNAS's RL delay; the controller learns
@@ -150,43 +158,45 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
         state["params"], state["opt_state"], m = train_step(
             state["params"], state["opt_state"], steps.shard_batch(sess.mesh, batch),
             steps.shard_paths(sess.mesh, paths))
-        nonfinite = 0 if int(m["finite"]) else nonfinite + 1
-        if nonfinite >= t.max_nonfinite_steps:
-          raise UserError(f"{nonfinite} consecutive steps had a NaN/Inf loss at step {step}; lower "
-                          "--config.train.learning_rate (the last good checkpoint is kept)")
+        pending.add(step, m)
         # Controller update on a validation batch, with paths from the controller itself.
         # Each device scores `reward_paths_per_device` paths on its shard (one compiled forward each),
-        # so a 1-device run still gives REINFORCE several samples per update.
+        # so a 1-device run still gives REINFORCE several samples per update. The rewards are the one
+        # value read from the device every step: the next proposal depends on them.
         mean_reward = None
         if not warming_up:
           reward_batch = steps.shard_batch(sess.mesh, sess.dataset.batch(
               "validation", step, t.reward_batch_size, config.seed, process_index=pid,
               process_count=pcount))
-          rewards = np.concatenate([
-              np.asarray(reward_step(state["params"], reward_batch,
-                                     steps.shard_paths(sess.mesh, reward_paths[i * n:(i + 1) * n])))
-              for i in range(paths_per_device)])
+          rewards = np.concatenate(jax.device_get([
+              reward_step(state["params"], reward_batch,
+                          steps.shard_paths(sess.mesh, reward_paths[i * n:(i + 1) * n]))
+              for i in range(paths_per_device)]))
           state["controller"], _ = sess.controller.feedback(state["controller"], reward_paths,
                                                             rewards)
           mean_reward = float(rewards.mean())
-        state["step"] = np.asarray(step + 1, np.int32)
-        seconds = time.time() - tic
-        row = {"step": step + 1, "loss": float(m["loss"]), "accuracy": float(m["accuracy"]),
-               "mean_reward": mean_reward,
-               "nonfinite": int(1 - int(m["finite"])), "step_seconds": seconds}
-        if primary and ((step + 1) % t.log_every == 0 or step + 1 == t.num_steps):
-          # Only on logged steps: ENAS estimates its marginals by sampling, not free every step.
-          probabilities = sess.controller.probabilities(state["controller"])
-          row["controller_entropy"] = marginal_entropy(probabilities)
-          metrics_log.write(row)
-          history.append({"step": step + 1, "probabilities": probabilities.tolist()})
-        progress.update(step + 1, f"loss {row['loss']:.3f} acc {row['accuracy']:.3f} " + (
-            "(uniform warm-up)" if mean_reward is None else f"reward {mean_reward:.3f}"))
         done = step + 1
-        if done % t.checkpoint_every == 0 or done == t.num_steps:
+        state["step"] = np.asarray(done, np.int32)
+        logged = done % t.log_every == 0 or done == t.num_steps
+        saved = done % t.checkpoint_every == 0 or done == t.num_steps
+        stopping = (stop.agreed(logged or saved or done % AGREE_EVERY == 0)
+                    or (stop_after is not None and done - start >= stop_after))
+        if logged or saved or stopping:
+          row = {"step": done, **pending.read(logged), "mean_reward": mean_reward}
+          text = f"loss {row['loss']:.3f} acc {row['accuracy']:.3f} " + (
+              "(uniform warm-up)" if mean_reward is None else f"reward {mean_reward:.3f}")
+          if primary and logged:
+            # Only on logged steps: ENAS estimates its marginals by sampling, not free every step.
+            probabilities = sess.controller.probabilities(state["controller"])
+            row["controller_entropy"] = marginal_entropy(probabilities)
+            metrics_log.write(row)
+            history.append({"step": done, "probabilities": probabilities.tolist()})
+        progress.update(done, text)
+        if saved:
           _save(mngr, state, workdir, history, wall_start, primary)
-        if stop.agreed() or (stop_after is not None and done - start >= stop_after):
-          if done % t.checkpoint_every:
+          pending.restart_clock()
+        if stopping:
+          if not saved:
             _save(mngr, state, workdir, history, wall_start, primary)
           progress.close()
           print(f"stopped at step {done} and checkpointed; run the same command to resume",

@@ -8,6 +8,7 @@ paths it is the mean of the per-path gradients (both tested).
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -135,3 +136,51 @@ def make_reward_step(model: nn.Module, mesh, frozen: dict,
     return scores[:, 0] / jnp.maximum(scores[:, 1], 1.0)
 
   return reward_step
+
+
+class StepMetrics:
+  """The device metrics of every step since the last read, fetched in one transfer when the loop needs
+  them (a logged, checkpointed, stopping or final step).
+
+  Reading a device value every step would block the host until that step ends, so the next batch and
+  path could not be prepared while the device computes. Counting stays exact: `read` sees every
+  step's `finite` flag, counts the non-finite ones and tracks the run of consecutive ones across reads.
+  """
+
+  def __init__(self, max_nonfinite_steps: int):
+    self.max_nonfinite_steps = max_nonfinite_steps
+    self.pending: list[tuple[int, dict]] = []
+    self.consecutive_nonfinite = 0
+    self.nonfinite = 0  # since the last logged row
+    self.restart_clock()
+
+  def add(self, step: int, metrics: dict) -> None:
+    self.pending.append((step, metrics))
+
+  def restart_clock(self) -> None:
+    """Starts the next `step_seconds` interval now (after a checkpoint, which is not a step)."""
+    self.since, self.steps = time.time(), 0
+
+  def read(self, logged: bool) -> dict:
+    """The newest step's metrics as floats, `nonfinite` (non-finite steps since the last logged row)
+    and `step_seconds` (mean wall time per step since the last read). A `logged` read starts the next
+    row's count. Raises UserError once `max_nonfinite_steps` consecutive steps were non-finite (their
+    updates were skipped, so the weights and the last checkpoint are the ones before the run)."""
+    from oneshot.errors import UserError  # pylint: disable=import-outside-toplevel
+    values = jax.device_get([m for _, m in self.pending])
+    for (step, _), value in zip(self.pending, values):
+      finite = bool(value["finite"])
+      self.nonfinite += not finite
+      self.consecutive_nonfinite = 0 if finite else self.consecutive_nonfinite + 1
+      if self.consecutive_nonfinite >= self.max_nonfinite_steps:
+        raise UserError(f"{self.consecutive_nonfinite} consecutive steps had a NaN/Inf loss at step "
+                        f"{step}; lower --config.train.learning_rate (the last good checkpoint is kept)")
+    row = {k: float(v) for k, v in values[-1].items() if k != "finite"} if values else {}
+    row.update(nonfinite=self.nonfinite,
+               step_seconds=(time.time() - self.since) / max(1, self.steps + len(values)))
+    self.steps += len(values)
+    self.pending = []
+    if logged:
+      self.nonfinite = 0
+      self.restart_clock()
+    return row

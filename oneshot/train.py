@@ -135,28 +135,30 @@ def run(config: ml_collections.ConfigDict, arch_dir: str, workdir: str, *,
   metrics_log = io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start)
   progress = io.Progress(num_steps, t.log_every)
   wall_start = time.time() - float(state["wall_seconds"])
-  nonfinite = 0
+  pending = steps.StepMetrics(t.max_nonfinite_steps)  # read on logged/checkpointed/last steps only
+  text = "(compiling)"
   try:
     for step in range(start, num_steps):
       batch = dataset.batch("train", step, t.batch_size, config.seed)
       state["params"], state["batch_stats"], state["opt_state"], m = train_step(
           state["params"], state["batch_stats"], state["opt_state"], batch["image"], batch["label"])
-      nonfinite = 0 if int(m["finite"]) else nonfinite + 1
-      if nonfinite >= t.max_nonfinite_steps:
-        raise UserError(f"{nonfinite} consecutive steps had a NaN/Inf loss at step {step}; lower "
-                        "--config.train.learning_rate (the last good checkpoint is kept)")
+      pending.add(step, m)
       done = step + 1
       state["step"] = np.asarray(done, np.int32)
       state["wall_seconds"] = np.asarray(time.time() - wall_start, np.float32)
-      if done % t.log_every == 0 or done == num_steps:
-        metrics_log.write({"step": done, "loss": float(m["loss"]),
-                           "accuracy": float(m["accuracy"]), "nonfinite": 1 - int(m["finite"])})
-      progress.update(done, f"loss {float(m['loss']):.3f} acc {float(m['accuracy']):.3f}")
-      if done % t.checkpoint_every == 0 or done == num_steps:
+      logged = done % t.log_every == 0 or done == num_steps
+      saved = done % t.checkpoint_every == 0 or done == num_steps
+      stopping = stop_after is not None and done - start >= stop_after and done < num_steps
+      if logged or saved or stopping:
+        row = {"step": done, **pending.read(logged)}
+        text = f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}"
+        if logged:
+          metrics_log.write(row)
+      progress.update(done, text)
+      if saved or stopping:
         checkpoint.save(mngr, done, state)
-      if stop_after is not None and done - start >= stop_after and done < num_steps:
-        if done % t.checkpoint_every:
-          checkpoint.save(mngr, done, state)
+        pending.restart_clock()
+      if stopping:
         progress.close()
         print(f"stopped at step {done} and checkpointed; run the same command to resume",
               file=sys.stderr)

@@ -100,3 +100,51 @@ def test_every_controller_drives_the_search(name, tmp_path):
   assert os.path.getsize(tmp_path / "controller.png") > 1000
   with open(tmp_path / "metrics.jsonl") as f:
     assert [json.loads(line)["step"] for line in f] == [2, 4]
+
+
+class _Watched:
+  """A metric value that records at which train step the host first looked at it."""
+
+  def __init__(self, value, reads: list, calls: list):
+    self.value, self.reads, self.calls = value, reads, calls
+
+  def _read(self):
+    self.reads.append(len(self.calls))
+    return np.asarray(self.value)
+
+  __array__ = lambda self, *a, **k: self._read()
+  __bool__ = lambda self: bool(self._read())
+  __int__ = lambda self: int(self._read())
+  __float__ = lambda self: float(self._read())
+
+
+@pytest.mark.parametrize("program", ["search", "train"])
+def test_metrics_are_read_from_the_device_only_on_logged_and_checkpointed_steps(
+    program, monkeypatch, tmp_path):
+  """A host read blocks until the step ends, so the next batch cannot be prepared meanwhile: the
+  loops read loss/accuracy/finite only where a row is logged or a checkpoint written."""
+  from oneshot import export, train  # pylint: disable=import-outside-toplevel
+  reads, calls = [], []
+  module = search if program == "search" else train
+  make = module.steps.make_train_step if program == "search" else train.make_train_step
+
+  def watching(*args, **kwargs):
+    step = make(*args, **kwargs)
+
+    def watched(*inputs):
+      *out, metrics = step(*inputs)
+      calls.append(1)
+      return (*out, {k: _Watched(v, reads, calls) for k, v in metrics.items()})
+    return watched
+
+  config = tiny_config(num_steps=7, log_every=3, checkpoint_every=5)
+  config.controller.name = "random"
+  if program == "search":
+    monkeypatch.setattr(steps, "make_train_step", watching)
+    search.run(config, str(tmp_path / "s"))
+  else:
+    search.run(config, str(tmp_path / "s"))
+    export.main(["--workdir", str(tmp_path / "s"), "--out", str(tmp_path / "arch")])
+    monkeypatch.setattr(train, "make_train_step", watching)
+    train.run(config, str(tmp_path / "arch"), str(tmp_path / "t"))
+  assert calls and sorted(set(reads)) == [3, 5, 6, 7]

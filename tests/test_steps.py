@@ -77,3 +77,22 @@ def test_nonfinite_loss_leaves_params_unchanged(setup):
   assert int(metrics["finite"]) == 0
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(new)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_step_metrics_count_every_nonfinite_step_and_runs_across_reads():
+  """The loop reads device metrics only now and then; no step's flag may be lost, and a run of
+  non-finite steps that spans two reads still stops the search at its `max`-th step."""
+  from oneshot.errors import UserError  # pylint: disable=import-outside-toplevel
+  pending = steps.StepMetrics(max_nonfinite_steps=3)
+  flags = {0: 1, 1: 0, 2: 1, 3: 0, 4: 0}  # step -> finite
+  for step, finite in flags.items():
+    pending.add(step, {"loss": jnp.float32(step), "finite": jnp.int32(finite)})
+  row = pending.read(logged=False)
+  assert row["loss"] == 4.0 and row["nonfinite"] == 3 and row["step_seconds"] >= 0
+  assert pending.read(logged=True)["nonfinite"] == 3  # counted until a row is logged
+  pending.add(5, {"loss": jnp.float32(5), "finite": jnp.int32(1)})
+  assert pending.read(logged=True)["nonfinite"] == 0  # a finite step ends the run of 2
+  for step in (6, 7, 8, 9):
+    pending.add(step, {"loss": jnp.float32(step), "finite": jnp.int32(0)})
+  with pytest.raises(UserError, match="3 consecutive steps had a NaN/Inf loss at step 8"):
+    pending.read(logged=False)
