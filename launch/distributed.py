@@ -5,22 +5,36 @@ Call `maybe_initialize(config)` first thing in a command, before any jax call th
 distributed job before its backends exist, and raises RuntimeError otherwise. This module imports jax
 lazily so that importing it is free.
 
-Where the settings come from, first match wins for each value:
+Explicit settings override everything; first match wins for each value:
   1. explicit arguments to `maybe_initialize`;
   2. environment: ONESHOT_COORDINATOR_ADDRESS (host:port of process 0), ONESHOT_NUM_PROCESSES,
      ONESHOT_PROCESS_ID, optional ONESHOT_LOCAL_DEVICE_IDS (comma-separated);
   3. the config's optional `distributed` section (`coordinator_address`, `num_processes`,
      `process_id`, `local_device_ids`).
-If none of these says anything, a Cloud TPU pod slice (several TPU hosts) is detected and left to
-jax.distributed's own auto-detection, which is how `oneshot launch` runs pods: the same command on
-every worker, no per-host settings. A single process (including `ONESHOT_NUM_PROCESSES=1`, the way to
-opt out on a pod) is a no-op.
+They go to `jax.distributed.initialize` as arguments, with jax's cluster detection switched off, so what
+you set is exactly what runs. `ONESHOT_NUM_PROCESSES=1` runs a single process even inside a cluster.
+
+Without explicit settings, a cluster that `jax.distributed.initialize()` auto-detects (Open MPI,
+SLURM, a Cloud TPU VM or pod slice, GKE TPU or Kubernetes indexed Jobs) is left to that auto-detection:
+`initialize()` is called with no arguments, which is how `oneshot launch` runs pods (the same command on
+every worker, no per-host settings). Anything else, a laptop included, is a single process and a no-op.
+
+Whether there is a cluster at all is decided first, from the environment variables jax's own detectors
+read (`detect_cluster`), rather than by calling `initialize()` and catching its failure: off a cluster
+jax raises a bare ValueError ('coordinator_address should be defined.'), whose wording is all that would
+tell "no cluster" from a real error, and in a Kubernetes pod (CI runners) jax would query the Kubernetes
+API. Where only jax can count the processes (a Cloud TPU VM: the VM's metadata server; a Kubernetes
+indexed Job: the Kubernetes API) a ValueError from `initialize()` means jax found no cluster after all,
+and the job runs as one process with a note; where the environment gives the count, it is one line
+naming the cluster and the ONESHOT_* way out.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import sys
 from typing import Any, Mapping, NamedTuple, Sequence
 
 from oneshot import configuration
@@ -33,6 +47,8 @@ ENV = {
     "local_device_ids": "ONESHOT_LOCAL_DEVICE_IDS",
 }
 _ADDRESS = re.compile(r"^\S+:[0-9]{1,5}$")
+# What jax's SLURM detector requires (jax 0.10): all are set inside an `srun` step.
+_SLURM = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
 
 
 class Settings(NamedTuple):
@@ -101,6 +117,36 @@ def resolve(config: Any = None, environ: Mapping[str, str] | None = None,
                   sources)
 
 
+class Cluster(NamedTuple):
+  """A cluster that jax.distributed auto-detects; `num_processes` is None where only jax can tell."""
+  name: str
+  num_processes: int | None
+
+
+def detect_cluster(environ: Mapping[str, str] | None = None) -> Cluster | None:
+  """The cluster `jax.distributed.initialize()` would detect here, or None off any cluster.
+
+  Mirrors jax's detectors (jax/_src/clusters/*.py, jax 0.6-0.10), in jax's order, through the
+  environment variables they read; no private jax module and no network.
+  """
+  environ = os.environ if environ is None else environ
+  if "OMPI_MCA_orte_hnp_uri" in environ:  # set by mpirun / mpiexec only
+    return Cluster("Open MPI (mpirun)", _count(environ.get("OMPI_COMM_WORLD_SIZE")))
+  if all(name in environ for name in _SLURM):  # inside an srun step
+    return Cluster("a SLURM job step", _count(environ.get("SLURM_NTASKS")))
+  hosts = environ.get("TPU_PROCESS_ADDRESSES") or environ.get("TPU_WORKER_HOSTNAMES")
+  if hosts:  # GKE (JobSet) and pod launchers list every worker of the slice
+    slices = _count(environ.get("MEGASCALE_NUM_SLICES")) or 1
+    return Cluster("a TPU slice (TPU_WORKER_HOSTNAMES)",
+                   len([h for h in hosts.split(",") if h.strip()]) * slices)
+  if _tpu_runtime_installed(environ) and environ.get("TPU_SKIP_MDS_QUERY") is None:
+    return Cluster("a Cloud TPU VM", None)  # jax reads the slice from the VM's metadata server
+  if ("KUBERNETES_SERVICE_HOST" in environ and "JOB_COMPLETION_INDEX" in environ
+      and importlib.util.find_spec("kubernetes") is not None):
+    return Cluster("a Kubernetes indexed Job", None)  # jax reads the Job's parallelism from the API
+  return None
+
+
 def maybe_initialize(config_or_none: Any = None, *, coordinator_address: str | None = None,
                      num_processes: int | None = None, process_id: int | None = None,
                      local_device_ids: Sequence[int] | str | None = None) -> None:
@@ -110,23 +156,37 @@ def maybe_initialize(config_or_none: Any = None, *, coordinator_address: str | N
   """
   import jax  # pylint: disable=import-outside-toplevel
 
-  if _already_initialized(jax):
+  if jax.distributed.is_initialized():
     return
   settings = resolve(config_or_none, coordinator_address=coordinator_address,
                      num_processes=num_processes, process_id=process_id,
                      local_device_ids=local_device_ids)
-  if settings is None:
-    if tpu_process_count() > 1:
-      jax.distributed.initialize()  # jax reads the pod's workers from the TPU metadata
+  if settings is not None:
+    if settings.num_processes > 1:
+      _enable_cpu_collectives(jax)
+      jax.distributed.initialize(coordinator_address=settings.coordinator_address,
+                                 num_processes=settings.num_processes,
+                                 process_id=settings.process_id,
+                                 local_device_ids=(list(settings.local_device_ids)
+                                                   if settings.local_device_ids is not None
+                                                   else None),
+                                 cluster_detection_method="deactivate")
     return
-  if settings.num_processes == 1:
+  cluster = detect_cluster()
+  if cluster is None or cluster.num_processes == 1:
     return
   _enable_cpu_collectives(jax)
-  jax.distributed.initialize(coordinator_address=settings.coordinator_address,
-                             num_processes=settings.num_processes,
-                             process_id=settings.process_id,
-                             local_device_ids=(list(settings.local_device_ids)
-                                               if settings.local_device_ids is not None else None))
+  try:
+    jax.distributed.initialize()
+  except ValueError as e:  # jax found no cluster (or could not read it)
+    if cluster.num_processes is None:
+      print(f"oneshot: note: this looks like {cluster.name}, but jax.distributed.initialize() found "
+            f"no cluster to join ({e}); running as a single process", file=sys.stderr)
+      return
+    raise UserError(f"detected {cluster.name} with {cluster.num_processes} processes but "
+                    f"jax.distributed.initialize() could not join it ({e}); set "
+                    f"{ENV['coordinator_address']}, {ENV['num_processes']} and {ENV['process_id']}, "
+                    f"or {ENV['num_processes']}=1 to run alone") from None
 
 
 def _enable_cpu_collectives(jax: Any) -> None:
@@ -147,42 +207,18 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
-def tpu_process_count(environ: Mapping[str, str] | None = None) -> int:
-  """How many TPU hosts this job spans: 1 off Cloud TPU and on single-host slices.
+def _tpu_runtime_installed(environ: Mapping[str, str]) -> bool:
+  """libtpu is where jax looks for TPUs (jax[tpu]); without it jax never treats a machine as a TPU VM."""
+  path = environ.get("TPU_LIBRARY_PATH")
+  return bool((path and os.path.isfile(path)) or "JAX_FORCE_TPU_INIT" in environ
+              or importlib.util.find_spec("libtpu") is not None)
 
-  Reads the worker list that GKE and pod launchers export; on a plain Cloud TPU VM it asks the same
-  metadata server jax.distributed would. If that cannot be read it answers 2, i.e. "let jax decide",
-  since jax.distributed.initialize() also handles a single host correctly.
-  """
-  environ = os.environ if environ is None else environ
-  slices = int(environ.get("MEGASCALE_NUM_SLICES") or 1)
-  hosts = environ.get("TPU_PROCESS_ADDRESSES") or environ.get("TPU_WORKER_HOSTNAMES")
-  if hosts:
-    return len([host for host in hosts.split(",") if host.strip()]) * slices
-  if not _on_cloud_tpu_vm() or environ.get("TPU_SKIP_MDS_QUERY") is not None:
-    return slices
+
+def _count(value: str | None) -> int | None:
   try:
-    from jax._src.clusters import cloud_tpu_cluster  # pylint: disable=import-outside-toplevel
-    cluster = cloud_tpu_cluster.GceTpuCluster
-    return cluster.get_process_count() if cluster.is_env_present() else slices
-  except Exception:  # pylint: disable=broad-except  # private jax API or metadata unreachable
-    return 2
-
-
-def _on_cloud_tpu_vm() -> bool:
-  try:
-    from jax._src import cloud_tpu_init  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    return False
-  return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
-
-
-def _already_initialized(jax: Any) -> bool:
-  check = getattr(jax.distributed, "is_initialized", None)
-  if check is not None:
-    return bool(check())
-  from jax._src import distributed  # pylint: disable=import-outside-toplevel
-  return distributed.global_state.client is not None
+    return int(value) if value else None
+  except ValueError:
+    return None
 
 
 def _device_ids(value: Any, source: str | None) -> tuple[int, ...] | None:

@@ -6,6 +6,7 @@ fake subprocess.run.
 
 from __future__ import annotations
 
+import pathlib
 import shlex
 import subprocess
 import textwrap
@@ -225,27 +226,110 @@ def test_failed_create_deletes_nothing(monkeypatch, config):
 
 # --- launch.distributed -----------------------------------------------------------------------------
 
-TPU_ENV = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_NUM_SLICES")
+# Every variable detect_cluster reads, so that the machine running the tests (a SLURM node, a TPU VM, a
+# Kubernetes CI pod) cannot leak a cluster into a test.
+CLUSTER_ENV = ("OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", *distributed._SLURM,
+               "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_NUM_SLICES",
+               "TPU_SKIP_MDS_QUERY", "TPU_LIBRARY_PATH", "JAX_FORCE_TPU_INIT", "KUBERNETES_SERVICE_HOST",
+               "JOB_COMPLETION_INDEX")
+SLURM_STEP = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_NTASKS": "4",
+              "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
-  for name in list(distributed.ENV.values()) + list(TPU_ENV):
+  for name in list(distributed.ENV.values()) + list(CLUSTER_ENV):
     monkeypatch.delenv(name, raising=False)
+  monkeypatch.setattr(distributed, "_tpu_runtime_installed", lambda environ: False)
   return monkeypatch
 
 
-def test_maybe_initialize_is_a_no_op_without_settings(clean_env):
+@pytest.fixture
+def initialize_calls(clean_env):
+  """Records jax.distributed.initialize calls instead of joining anything."""
   import jax
+  calls = []
+  clean_env.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+  return calls
 
-  def boom(*args, **kwargs):
-    raise AssertionError("jax.distributed.initialize must not be called")
 
-  clean_env.setattr(jax.distributed, "initialize", boom)
+def test_maybe_initialize_is_a_no_op_without_settings(clean_env, initialize_calls):
   distributed.maybe_initialize()
   distributed.maybe_initialize(None)  # idempotent
   clean_env.setenv("ONESHOT_NUM_PROCESSES", "1")
   distributed.maybe_initialize()
+  for name, value in {**SLURM_STEP, "SLURM_NTASKS": "1"}.items():  # a one-task SLURM step
+    clean_env.setenv(name, value)
+  clean_env.delenv("ONESHOT_NUM_PROCESSES")
+  distributed.maybe_initialize()
+  assert initialize_calls == []
+
+
+def test_detected_cluster_gets_a_no_argument_initialize_and_oneshot_settings_override_it(
+    clean_env, initialize_calls):
+  for name, value in SLURM_STEP.items():
+    clean_env.setenv(name, value)
+  distributed.maybe_initialize()
+  assert initialize_calls == [((), {})]  # jax reads SLURM itself
+  clean_env.setenv("ONESHOT_NUM_PROCESSES", "1")  # the opt-out, even inside the cluster
+  distributed.maybe_initialize()
+  assert len(initialize_calls) == 1
+  clean_env.setenv("ONESHOT_COORDINATOR_ADDRESS", "10.0.0.2:1234")
+  clean_env.setenv("ONESHOT_NUM_PROCESSES", "2")
+  clean_env.setenv("ONESHOT_PROCESS_ID", "1")
+  distributed.maybe_initialize()
+  assert initialize_calls[1] == ((), {
+      "coordinator_address": "10.0.0.2:1234", "num_processes": 2, "process_id": 1,
+      "local_device_ids": None, "cluster_detection_method": "deactivate"})
+
+
+def test_already_initialized_is_left_alone(clean_env, initialize_calls):
+  import jax
+  clean_env.setattr(jax.distributed, "is_initialized", lambda: True)
+  distributed.maybe_initialize(coordinator_address="h:1", num_processes=2, process_id=0)
+  assert initialize_calls == []
+
+
+def test_cluster_jax_cannot_join(clean_env, capsys):
+  import jax
+
+  def no_cluster(*args, **kwargs):
+    raise ValueError("coordinator_address should be defined.")
+
+  clean_env.setattr(jax.distributed, "initialize", no_cluster)
+  clean_env.setenv("TPU_WORKER_HOSTNAMES", "w0,w1")
+  with pytest.raises(UserError, match="TPU slice.*2 processes.*ONESHOT_NUM_PROCESSES=1 to run alone"):
+    distributed.maybe_initialize()
+  clean_env.delenv("TPU_WORKER_HOSTNAMES")
+  clean_env.setattr(distributed, "_tpu_runtime_installed", lambda environ: True)
+  distributed.maybe_initialize()  # a TPU VM that jax finds no slice on: one process, with a note
+  assert "Cloud TPU VM" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("environ,expected", [
+    ({}, None),
+    ({"TPU_WORKER_HOSTNAMES": "a,b,c,d"}, 4),
+    ({"TPU_WORKER_HOSTNAMES": "a"}, 1),
+    ({"TPU_PROCESS_ADDRESSES": "a:1,b:1", "MEGASCALE_NUM_SLICES": "2"}, 4),
+    ({"OMPI_MCA_orte_hnp_uri": "123.0;tcp://10.0.0.1:5000", "OMPI_COMM_WORLD_SIZE": "3"}, 3),
+    (SLURM_STEP, 4),
+    ({"SLURM_JOB_ID": "77", "SLURM_NTASKS": "4"}, None),  # a batch script outside srun: jax sees none
+])
+def test_detect_cluster_from_environment(clean_env, environ, expected):
+  cluster = distributed.detect_cluster(environ)
+  assert (cluster.num_processes if cluster else None) == expected
+
+
+def test_cloud_tpu_vm_is_left_to_jax(clean_env):
+  clean_env.setattr(distributed, "_tpu_runtime_installed", lambda environ: True)
+  assert distributed.detect_cluster({}) == ("a Cloud TPU VM", None)
+  assert distributed.detect_cluster({"TPU_SKIP_MDS_QUERY": "1"}) is None  # jax: no TPU chips here
+
+
+def test_launch_uses_no_private_jax_modules():
+  sources = pathlib.Path(distributed.__file__).parent.glob("*.py")
+  offenders = [path.name for path in sources if "jax._src" in path.read_text()]
+  assert offenders == []
 
 
 def test_process_id_not_below_count(clean_env):
@@ -272,8 +356,3 @@ def test_resolve_precedence_and_validation():
     distributed.resolve(environ={**env, "ONESHOT_COORDINATOR_ADDRESS": "h"})
   with pytest.raises(UserError, match="not an integer"):
     distributed.resolve(environ={**env, "ONESHOT_NUM_PROCESSES": "two"})
-
-
-def test_tpu_pod_detection_from_worker_list():
-  assert distributed.tpu_process_count({"TPU_WORKER_HOSTNAMES": "a,b,c,d"}) == 4
-  assert distributed.tpu_process_count({"TPU_WORKER_HOSTNAMES": "a"}) == 1
