@@ -155,6 +155,36 @@ def test_v5e_spelling_gets_the_cloud_name(config):
   with pytest.raises(UserError, match="v5litepod-16"):
     tpu.main(["--config", config, "--tpu", "t", "--zone", "us-central2-b", "--accelerator-type",
               "v5e-16", "--dry-run"])
+  with pytest.raises(UserError, match="spelled v5litepod.*v5litepod-1, v5litepod-4,.*=v5litepod-4$"):
+    tpu.parse_accelerator("v5e-3")
+
+
+def test_size_cloud_tpu_does_not_offer_lists_the_generations_sizes(config):
+  with pytest.raises(UserError, match=r"^accelerator type 'v4-33' does not exist on Cloud TPU; v4 comes "
+                     r"as v4-8, v4-16, v4-32, v4-64 or v4-N for N a multiple of 128 up to 8192; "
+                     r"use e\.g\. --accelerator-type=v4-32$"):
+    tpu.main(["--config", config, *POD[:-1], "v4-33", "--dry-run"])
+  for bad, sizes in [("v3-16", "v3-8, v3-32, v3-64,"), ("v2-64", "v2-8, v2-32, v2-128,"),
+                     ("v5litepod-2", "v5litepod-1, v5litepod-4,"), ("v6e-512", "v6e-128 or v6e-256"),
+                     ("v4-96", "v4-64 or v4-N"), ("v5p-12416", "up to 12288"), ("v4-", "v4-8, v4-16")]:
+    with pytest.raises(UserError, match=f"'{bad}' does not exist.*{sizes}"):
+      tpu.parse_accelerator(bad)
+
+
+def test_every_generation_accepts_its_smallest_and_largest_size():
+  assert set(tpu.ACCELERATOR_SIZES) == set(tpu.DEFAULT_RUNTIME)  # each generation has a runtime
+  for generation in tpu.ACCELERATOR_SIZES:
+    sizes = tpu._sizes(generation)  # pylint: disable=protected-access
+    for size in (sizes[0], sizes[-1]):
+      assert tpu.parse_accelerator(f"{generation}-{size}") == (generation, size)
+  assert [tpu.parse_accelerator(t)[1] for t in ("v2-8", "v3-8", "v4-8", "v5litepod-1", "v5p-8",
+                                                "v6e-1", "v4-32", "v4-384", "v5p-384")] == \
+      [8, 8, 8, 1, 8, 1, 32, 384, 384]
+
+
+def test_unknown_generation_lists_the_generations():
+  with pytest.raises(UserError, match="generation one of v2, v3, v4, v5litepod, v5p, v6e, "):
+    tpu.parse_accelerator("v7-8")
 
 
 @pytest.mark.parametrize("missing", ["--tpu", "--zone", "--accelerator-type"])
