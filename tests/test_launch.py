@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from launch import distributed, tpu
+from launch import accelerators, distributed, tpu
 from oneshot import cli
 from oneshot.errors import UserError
 
@@ -172,9 +172,9 @@ def test_size_cloud_tpu_does_not_offer_lists_the_generations_sizes(config):
 
 
 def test_every_generation_accepts_its_smallest_and_largest_size():
-  assert set(tpu.ACCELERATOR_SIZES) == set(tpu.DEFAULT_RUNTIME)  # each generation has a runtime
-  for generation in tpu.ACCELERATOR_SIZES:
-    sizes = tpu._sizes(generation)  # pylint: disable=protected-access
+  assert set(accelerators.ACCELERATOR_SIZES) == set(accelerators.DEFAULT_RUNTIME)  # each generation has a runtime
+  for generation in accelerators.ACCELERATOR_SIZES:
+    sizes = accelerators._sizes(generation)  # pylint: disable=protected-access
     for size in (sizes[0], sizes[-1]):
       assert tpu.parse_accelerator(f"{generation}-{size}") == (generation, size)
   assert [tpu.parse_accelerator(t)[1] for t in ("v2-8", "v3-8", "v4-8", "v5litepod-1", "v5p-8",
