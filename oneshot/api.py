@@ -1,0 +1,105 @@
+"""The Python face of oneshot: the calls the CLI makes, with results as objects instead of files.
+
+    from oneshot import api
+    config = api.get_config("digits")
+    result = api.search(config, "workdirs/digits")
+    child = api.export(result.workdir, "workdirs/digits-child")
+    model, variables = api.load(child.directory)
+
+Every call writes the same files as its subcommand (`oneshot search`, `oneshot export`), resumes the same
+way, and raises `oneshot.UserError` (one line naming the problem and the fix) where the CLI would print
+one; the result objects carry what the JSON files hold, plus their paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import os
+from typing import Any
+
+import ml_collections
+
+from oneshot.errors import UserError
+
+_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+  """What `search` found: the answer, its validation accuracy on the trained supernet, and where the
+  run's files are (`files`: search_result, config, metrics, controller_history, checkpoints)."""
+  architecture: str                 # the space's own string for the answer
+  dna: tuple[int, ...]              # one choice index per decision of the space
+  reward: float                     # whole-validation-split accuracy of the answer on the supernet
+  steps: int
+  wall_seconds: float
+  workdir: str
+  files: dict[str, str]
+  record: dict                      # search_result.json as written
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+  """An exported child: a standalone Flax model (`load(directory)`) with an orbax checkpoint."""
+  directory: str
+  architecture: str
+  num_params: int
+  validation_accuracy: float        # stand-alone, after recalibrating BatchNorm on train batches
+  record: dict                      # architecture.json as written
+
+
+def get_config(name: str = "digits", **overrides: Any) -> ml_collections.ConfigDict:
+  """A built-in config by name (`digits`, `fashion_mnist`, `digits_nb201`, ...) or a config file's
+  `get_config()` by path; `overrides` set top-level sections or fields, e.g. `seed=3`."""
+  path = name if name.endswith(".py") else os.path.join(_CONFIGS_DIR, f"{name}.py")
+  if not os.path.isfile(path):
+    names = sorted(f[:-3] for f in os.listdir(_CONFIGS_DIR)
+                   if f.endswith(".py") and f not in ("__init__.py", "common.py"))
+    raise UserError(f"no config {name!r}; use one of {', '.join(names)} or a path to a .py file "
+                    "with get_config()")
+  spec = importlib.util.spec_from_file_location(f"_oneshot_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  except Exception as e:  # pylint: disable=broad-except  # a config file may raise anything
+    raise UserError(f"cannot load config file {path}: {type(e).__name__}: {e}; fix the file") from None
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def search(config: ml_collections.ConfigDict, workdir: str) -> SearchResult | None:
+  """Runs (or resumes) `oneshot search`; None when it was stopped (SIGTERM) before the end."""
+  from oneshot import search as search_lib  # pylint: disable=import-outside-toplevel
+  record = search_lib.run(config, workdir)
+  if record is None:
+    return None
+  workdir = os.path.abspath(workdir)
+  files = {name: os.path.join(workdir, name) for name in (
+      "search_result.json", "config.json", "metrics.jsonl", "controller_history.json",
+      "checkpoints")}
+  return SearchResult(architecture=record["string"], dna=tuple(int(i) for i in record["dna"]),
+                      reward=float(record["reward"]), steps=int(record["steps"]),
+                      wall_seconds=float(record["wall_seconds"]), workdir=workdir, files=files,
+                      record=record)
+
+
+def export(workdir: str, out: str, *, dna: str | None = None,
+           recalibrate_batches: int = 20) -> ExportResult:
+  """`oneshot export`: the search's answer (or `dna`, the space's string or comma-separated choices) as
+  a standalone child model with recalibrated BatchNorm, written to `out`."""
+  from oneshot import export as export_lib  # pylint: disable=import-outside-toplevel
+  record = export_lib.export(workdir, out, dna_text=dna, recalibrate_batches=recalibrate_batches)
+  return ExportResult(directory=os.path.abspath(out), architecture=record["string"],
+                      num_params=int(record["num_params"]),
+                      validation_accuracy=float(record["validation_accuracy"]["recalibrated"]),
+                      record=record)
+
+
+def load(directory: str) -> tuple[Any, dict]:
+  """(model, variables) of an export: `model.apply(variables, images, train=False)` gives logits."""
+  from oneshot import export as export_lib  # pylint: disable=import-outside-toplevel
+  return export_lib.load(directory)
