@@ -33,11 +33,29 @@ from oneshot.errors import UserError
 def manager(workdir: str, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
   """`cleanup_tmp_directories`: a save cut short by SIGKILL or a full disk leaves a
   `N.orbax-checkpoint-tmp` directory; the next writable manager deletes it."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                         enable_async_checkpointing=False, read_only=read_only,
-                                         cleanup_tmp_directories=not read_only)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
+  if read_only:  # orbax warns about each setting a read-only manager ignores, and about read-only
+    options = ocp.CheckpointManagerOptions(read_only=True, max_to_keep=None, save_interval_steps=0,
+                                           create=False, enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=False)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
+  quiet = _DropReadOnlyNotice()
+  logging.getLogger("absl").addFilter(quiet)
+  try:
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                 options=options)
+  finally:
+    logging.getLogger("absl").removeFilter(quiet)
+
+
+class _DropReadOnlyNotice(logging.Filter):
+  """Orbax's 'Given directory is read only' warning: export/rank open a search's checkpoints read-only
+  on purpose, and a warning on every such command reads like a problem."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Given directory is read only")
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
