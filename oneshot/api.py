@@ -14,14 +14,18 @@ one; the result objects carry what the JSON files hold, plus their paths.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import importlib.util
+import json
 import os
 from typing import Any
 
 import ml_collections
 
+from oneshot import arrays as arrays_lib
+from oneshot.arrays import Arrays
 from oneshot.errors import UserError
+
+__all__ = ["Arrays", "ExportResult", "SearchResult", "export", "get_config", "load", "search"]
 
 _CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -71,10 +75,18 @@ def get_config(name: str = "digits", **overrides: Any) -> ml_collections.ConfigD
   return config
 
 
-def search(config: ml_collections.ConfigDict, workdir: str) -> SearchResult | None:
-  """Runs (or resumes) `oneshot search`; None when it was stopped (SIGTERM) before the end."""
+def search(config: ml_collections.ConfigDict, workdir: str,
+           data: Arrays | None = None) -> SearchResult | None:
+  """Runs (or resumes) `oneshot search`; None when it was stopped (SIGTERM) before the end.
+
+  `data`: your own numpy arrays instead of `config.dataset` (a resume needs the same arrays again)."""
   from oneshot import search as search_lib  # pylint: disable=import-outside-toplevel
-  record = search_lib.run(config, workdir)
+  with arrays_lib.serving(data) as section:
+    if section is not None:
+      config = ml_collections.ConfigDict(config.to_dict())
+      config.dataset = section
+      _require_same_arrays(workdir, section["name"])
+    record = search_lib.run(config, workdir)
   if record is None:
     return None
   workdir = os.path.abspath(workdir)
@@ -87,12 +99,25 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> SearchResult | No
                       record=record)
 
 
-def export(workdir: str, out: str, *, dna: str | None = None,
-           recalibrate_batches: int = 20) -> ExportResult:
+def _require_same_arrays(workdir: str, name: str) -> None:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    started_on = json.load(f).get("dataset", {}).get("name")
+  if started_on != name:
+    raise UserError(f"workdir {workdir} was started on dataset {started_on!r}, not on these arrays "
+                    f"({name}); pass the arrays it started with, or use a new workdir")
+
+
+def export(workdir: str, out: str, *, dna: str | None = None, recalibrate_batches: int = 20,
+           data: Arrays | None = None) -> ExportResult:
   """`oneshot export`: the search's answer (or `dna`, the space's string or comma-separated choices) as
-  a standalone child model with recalibrated BatchNorm, written to `out`."""
+  a standalone child model with recalibrated BatchNorm, written to `out`. `data`: the arrays the
+  search ran on, if it ran on arrays."""
   from oneshot import export as export_lib  # pylint: disable=import-outside-toplevel
-  record = export_lib.export(workdir, out, dna_text=dna, recalibrate_batches=recalibrate_batches)
+  with arrays_lib.serving(data):
+    record = export_lib.export(workdir, out, dna_text=dna, recalibrate_batches=recalibrate_batches)
   return ExportResult(directory=os.path.abspath(out), architecture=record["string"],
                       num_params=int(record["num_params"]),
                       validation_accuracy=float(record["validation_accuracy"]["recalibrated"]),

@@ -329,6 +329,27 @@ class Dataset:
     return ((images.astype(np.float32) - self._mean) * self._inv_std).astype(np.float32)
 
 
+# Datasets held in memory by name (`oneshot.arrays.serving`): `load` answers these names with them.
+IN_MEMORY: dict[str, Dataset] = {}
+
+
+def in_memory_dataset(name: str, splits: dict[str, tuple[np.ndarray, np.ndarray]],
+                      num_classes: int) -> Dataset:
+  """A Dataset over numpy splits {role: (images uint8/float [n, H, W, C], labels int32 [n])}, normalised
+  with the per-channel statistics of a fixed train sample, like any dataset without known constants."""
+  sources = {}
+  for role, (images, labels) in splits.items():
+    sources[role] = _Source(None, len(labels), "image", "label", None)
+    sources[role]._images, sources[role]._labels = images, labels  # already decoded
+  images = splits["train"][0]
+  scale = 255.0 if images.dtype == np.uint8 else 1.0
+  mean, std = _stats(name, sources["train"], scale)
+  return Dataset(name=name, num_classes=int(num_classes), image_shape=tuple(images.shape[1:]),
+                 split_sizes={role: s.size for role, s in sources.items()}, _sources=sources,
+                 _mean=(mean * scale).astype(np.float32),
+                 _inv_std=(1.0 / (std * scale)).astype(np.float32))
+
+
 def load(config: Any) -> Dataset:
   """Opens the dataset named by the `dataset` config section (a ConfigDict or a mapping).
 
@@ -342,6 +363,11 @@ def load(config: Any) -> Dataset:
   if not name:
     raise UserError("no dataset name; set --config.dataset.name to a TFDS name such as digits, cifar10")
   name = str(name)
+  if name in IN_MEMORY:
+    return IN_MEMORY[name]
+  if name.startswith("arrays-"):
+    raise UserError(f"dataset {name!r} was numpy arrays handed to the Python API; pass the same arrays "
+                    "again, from Python: oneshot.api.search/export(..., data=Arrays(...))")
   data_dir = _field(config, "data_dir", None) or None
   data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir else None
   manual_dir = _field(config, "manual_dir", None) or None

@@ -6,9 +6,10 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from oneshot import UserError, api
+from oneshot import UserError, api, cli
 from tests.conftest import REPO, tiny_config
 
 
@@ -71,3 +72,52 @@ def test_importing_oneshot_stays_light():
   out = subprocess.run([sys.executable, "-c", "import sys, oneshot; print('jax' in sys.modules)"],
                        capture_output=True, text=True, cwd=REPO, timeout=60).stdout
   assert out.strip() == "False"
+
+
+def _digit_arrays(offset: int = 0) -> api.Arrays:
+  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+  images, labels = load_digits(return_X_y=True)
+  images = (images.reshape(-1, 8, 8) * 255 / 16).astype(np.uint8)
+  images = np.roll(images, offset, axis=0)
+  labels = np.roll(labels, offset)
+  return api.Arrays(train=(images[:1200], labels[:1200]),
+                    validation=(images[1200:1500], labels[1200:1500]),
+                    test=(images[1500:], labels[1500:]))
+
+
+def test_search_on_numpy_arrays_resumes_exactly_and_exports(tmp_path, capsys):
+  """Your own data: a stopped-and-resumed search on arrays equals the straight one; other arrays, or a
+  CLI command that cannot have the arrays, are one line."""
+  from oneshot import arrays, search  # pylint: disable=import-outside-toplevel
+  config, data = tiny_config(num_steps=4, checkpoint_every=2, log_every=2), _digit_arrays()
+  straight = api.search(config, str(tmp_path / "straight"), data=data)
+  with arrays.serving(data) as section:
+    stopped = config.copy_and_resolve_references()
+    stopped.dataset = section
+    assert search.run(stopped, str(tmp_path / "resumed"), stop_after=2) is None
+  resumed = api.search(config, str(tmp_path / "resumed"), data=_digit_arrays())  # equal arrays
+  assert resumed.dna == straight.dna and resumed.reward == straight.reward
+  assert straight.record["num_devices"] >= 1 and straight.steps == 4
+  with pytest.raises(UserError, match="pass the arrays it started with"):
+    api.search(config, str(tmp_path / "resumed"), data=_digit_arrays(offset=1))
+  assert cli.main(["export", "--workdir", str(tmp_path / "straight"), "--out",
+                   str(tmp_path / "cli-child")]) == 2
+  assert "pass the same arrays" in capsys.readouterr().err
+  assert not (tmp_path / "cli-child").exists()
+  child = api.export(straight.workdir, str(tmp_path / "child"), data=data, recalibrate_batches=2)
+  assert child.architecture == straight.architecture and 0 <= child.validation_accuracy <= 1
+
+
+@pytest.mark.parametrize("bad, needle", [
+    (dict(train=(np.zeros((4, 8, 8)), np.zeros(3, int))), "same n"),
+    (dict(train=(np.zeros((4, 8, 8)), np.zeros(4))), "labels must be integers"),
+    (dict(train=(np.zeros((4, 8, 8)), np.zeros(4, int)),
+          validation=(np.zeros((4, 9, 9)), np.zeros(4, int))), "same image shape"),
+    (dict(train=(np.zeros((4, 8, 8)), np.arange(4)), num_classes=2), "num_classes=2"),
+])
+def test_bad_arrays_are_one_line(bad, needle, tmp_path):
+  bad.setdefault("validation", (np.zeros((2, 8, 8)), np.zeros(2, int)))
+  with pytest.raises(UserError, match=needle) as info:
+    api.search(tiny_config(), str(tmp_path / "w"), data=api.Arrays(**bad))
+  assert "\n" not in str(info.value)
+  assert not (tmp_path / "w").exists()
