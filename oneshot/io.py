@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import sys
 import tempfile
 import time
@@ -71,9 +72,11 @@ def _can_create_file(directory: str) -> bool:
 
 class MetricsLog:
   """`metrics.jsonl`: one JSON object per logged step; on resume, rows past the restored step are dropped
-  so the file reads as one uninterrupted run."""
+  so the file reads as one uninterrupted run. With `tensorboard_dir`, the same numbers (and any extra
+  scalars, such as the controller's per-choice probabilities) also go to TensorBoard event files there;
+  on resume, events past the restored step are purged the same way."""
 
-  def __init__(self, path: str, resume_step: int):
+  def __init__(self, path: str, resume_step: int, tensorboard_dir: str | None = None):
     self.path = path
     rows = []
     if os.path.exists(path):
@@ -87,14 +90,73 @@ class MetricsLog:
             rows.append(line if line.endswith("\n") else line + "\n")
     write_text(path, "".join(rows))
     self._file: TextIO = open(path, "a")
+    self._tensorboard = (_EventFile(tensorboard_dir, resume_step + 1 if resume_step else None)
+                         if tensorboard_dir is not None else None)
 
-  def write(self, row: dict) -> None:
+  def write(self, row: dict, scalars: dict[str, float] | None = None) -> None:
     try:
       self._file.write(json.dumps(row, default=_default) + "\n")
       self._file.flush()
     except OSError as e:  # a cut line is dropped on resume (see __init__)
       raise UserError(f"cannot write {self.path}: {e.strerror}; check that the directory is writable "
                       "and the disk is not full, then run the same command to resume") from None
+    if self._tensorboard is not None:
+      numbers = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+      self._tensorboard.write(int(row["step"]), {**numbers, **(scalars or {})})
+
+  def close(self) -> None:
+    self._file.close()
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+
+
+class _EventFile:
+  """TensorBoard event file of scalars, written in the caller's thread.
+
+  tensorboardX's SummaryWriter writes from a background thread, so a full disk would end in that
+  thread's traceback rather than our one line; its protos and record checksum (no TensorFlow) are used
+  here with our own file. `purge_step`: a resumed run hides the earlier run's events from that step
+  on, as SummaryWriter(purge_step=...) does.
+  """
+
+  def __init__(self, directory: str, purge_step: int | None):
+    # pylint: disable=import-outside-toplevel
+    import socket
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+    self._event = Event
+    self.path = os.path.join(directory, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}")
+    first = [Event(wall_time=time.time(), file_version="brain.Event:2")]
+    if purge_step is not None:
+      first.append(Event(wall_time=time.time(), step=purge_step,
+                         session_log=SessionLog(status=SessionLog.START)))
+    try:
+      os.makedirs(directory, exist_ok=True)
+      self._file = open(self.path, "ab")
+    except OSError as e:
+      raise UserError(f"cannot write {self.path}: {e.strerror}; check that the directory is writable "
+                      "and the disk is not full") from None
+    self._write(first)
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    from tensorboardX.summary import scalar  # pylint: disable=import-outside-toplevel
+    now = time.time()
+    self._write([self._event(wall_time=now, step=step, summary=scalar(tag, float(value)))
+                 for tag, value in scalars.items()])
+
+  def _write(self, events: list) -> None:
+    """TFRecord framing: length, its masked CRC-32C, the event, its masked CRC-32C."""
+    from tensorboardX.record_writer import masked_crc32c  # pylint: disable=import-outside-toplevel
+    try:
+      for event in events:
+        data = event.SerializeToString()
+        header = struct.pack("Q", len(data))
+        self._file.write(header + struct.pack("I", masked_crc32c(header)) + data
+                         + struct.pack("I", masked_crc32c(data)))
+      self._file.flush()
+    except OSError as e:
+      raise UserError(f"cannot write {self.path}: {e.strerror}; check that the directory is "
+                      "writable and the disk is not full, then run the same command to resume"
+                      ) from None
 
   def close(self) -> None:
     self._file.close()
@@ -107,9 +169,10 @@ class Progress:
     # sys.stderr looked up now, not at import: it may have been replaced since (tests, notebooks)
     self.total, self.every, self.stream = total, max(1, every), stream or sys.stderr
     self.tty = self.stream.isatty()
-    self.start = time.time()
+    self.first: tuple[int, float] | None = None
 
   def update(self, step: int, text: str) -> None:
+    text = f"{text}{self._rate(step)}"
     if self.tty:
       width = 30
       done = int(width * step / max(1, self.total))
@@ -118,6 +181,19 @@ class Progress:
     elif step % self.every == 0 or step == self.total:
       self.stream.write(f"step {step}/{self.total} {text}\n")
       self.stream.flush()
+
+  def _rate(self, step: int) -> str:
+    """' | 12.3 steps/s, ETA 4:05', timed from the first update (after the first step's compile)."""
+    now = time.time()
+    if self.first is None:
+      self.first = (step, now)
+      return ""
+    steps, seconds = step - self.first[0], now - self.first[1]
+    if steps <= 0 or seconds <= 0:
+      return ""
+    rate = steps / seconds
+    eta = int(round((self.total - step) / rate))
+    return f" | {rate:.3g} steps/s, ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
 
   def close(self) -> None:
     if self.tty:

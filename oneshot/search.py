@@ -131,7 +131,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
   from controllers.random import RandomController  # pylint: disable=import-outside-toplevel
   uniform = RandomController(sess.space)
   key = jax.random.wrap_key_data(np.asarray(state["key"]))
-  metrics_log = io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start) if primary else None
+  metrics_log = io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start,
+                              os.path.join(workdir, "tensorboard")) if primary else None
   history = _load_history(workdir, start) if primary else []
   progress = io.Progress(t.num_steps, t.log_every)
   wall_start = time.time() - float(_previous_wall(workdir))
@@ -189,7 +190,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
             # Only on logged steps: ENAS estimates its marginals by sampling, not free every step.
             probabilities = sess.controller.probabilities(state["controller"])
             row["controller_entropy"] = marginal_entropy(probabilities)
-            metrics_log.write(row)
+            metrics_log.write(row, _probability_scalars(sess.space, probabilities))
             history.append({"step": done, "probabilities": probabilities.tolist()})
         progress.update(done, text)
         if saved:
@@ -210,6 +211,12 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
         metrics_log.close()
   progress.close()
   return _finish(sess, state, workdir, history, wall_start, primary)
+
+
+def _probability_scalars(space, probabilities) -> dict[str, float]:
+  """TensorBoard tags `controller/<decision>/<choice>` for the controller's marginal probabilities."""
+  return {f"controller/{d.name}/{choice}": float(probabilities[i, j])
+          for i, d in enumerate(space.decisions) for j, choice in enumerate(d.choices)}
 
 
 def _enable_compilation_cache(config) -> None:

@@ -132,7 +132,8 @@ def run(config: ml_collections.ConfigDict, arch_dir: str, workdir: str, *,
   start = int(state["step"])
 
   train_step = make_train_step(model, tx)
-  metrics_log = io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start)
+  metrics_log = io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start,
+                              os.path.join(workdir, "tensorboard"))
   progress = io.Progress(num_steps, t.log_every)
   wall_start = time.time() - float(state["wall_seconds"])
   pending = steps.StepMetrics(t.max_nonfinite_steps)  # read on logged/checkpointed/last steps only
