@@ -289,6 +289,7 @@ def plot(res: dict, path: str, title: str = "hardware co-search") -> None:
   import matplotlib.ticker  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from oneshot import plots  # pylint: disable=import-outside-toplevel
   pts = res["points"]
   lat = np.array([p["latency_ms"] for p in pts])
   acc = np.array([p["accuracy"] for p in pts])
@@ -309,10 +310,7 @@ def plot(res: dict, path: str, title: str = "hardware co-search") -> None:
   ax.xaxis.set_minor_formatter(plain)
   ax.legend(fontsize=8, loc="best")
   fig.tight_layout()
-  tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.getpid()}-pareto.png")
-  fig.savefig(tmp, dpi=120)
-  plt.close(fig)
-  os.replace(tmp, path)
+  plots.save_figure(fig, path, dpi=120)
 
 
 # --- the command -----------------------------------------------------------------------------------

@@ -23,14 +23,18 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def write_text(path: str, text: str) -> None:
+  write_bytes(path, text.encode())
+
+
+def write_bytes(path: str, data: bytes) -> None:
   """Atomic write; on failure (disk full, read-only) the temporary file is removed, the old file kept."""
   directory = os.path.dirname(os.path.abspath(path))
   tmp = None
   try:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should read like any other file
     os.replace(tmp, path)
   except OSError as e:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io as io_lib
-import os
-import tempfile
 from typing import Sequence
 
 import matplotlib
@@ -13,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from oneshot.errors import UserError  # pylint: disable=wrong-import-position
+from oneshot import io  # pylint: disable=wrong-import-position
 from spaces.core import Space  # pylint: disable=wrong-import-position
 
 
@@ -41,23 +39,13 @@ def controller_plot(space: Space, history: Sequence[dict], path: str) -> None:
   fig.supxlabel("step", fontsize=9)
   fig.supylabel("choice probability", fontsize=9)
   fig.tight_layout()
-  _save(fig, path)
+  save_figure(fig, path)
 
 
-def _save(fig, path: str) -> None:
-  """Renders to memory, then writes atomically: a killed run never leaves half a PNG."""
+def save_figure(fig, path: str, dpi: int = 110) -> None:
+  """Renders to memory, then writes atomically (`io.write_bytes`): a killed run never leaves half a
+  PNG, and a full disk is one line."""
   buffer = io_lib.BytesIO()
-  fig.savefig(buffer, format="png", dpi=110)
+  fig.savefig(buffer, format="png", dpi=dpi)
   plt.close(fig)
-  directory = os.path.dirname(os.path.abspath(path))
-  tmp = None
-  try:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-    with os.fdopen(fd, "wb") as f:
-      f.write(buffer.getvalue())
-    os.replace(tmp, path)
-  except OSError as e:  # disk full or read-only: one line, and no partial temporary file left behind
-    if tmp is not None and os.path.exists(tmp):
-      os.remove(tmp)
-    raise UserError(f"cannot write {path}: {e.strerror}; check that the directory is writable and "
-                    "the disk is not full") from None
+  io.write_bytes(path, buffer.getvalue())
