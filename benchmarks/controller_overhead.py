@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import controllers
-import spaces
+from oneshot import controllers
+from oneshot import spaces
 from oneshot import supernet
 from oneshot.configuration import DEFAULT_CONFIG
 from oneshot.session import controller_config

@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=wrong-import-position
-import controllers
+from oneshot import controllers
 from oneshot import export, io, rank, search, session as session_lib, steps, supernet, train
 from oneshot.errors import UserError
 

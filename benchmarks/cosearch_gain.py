@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 from absl import flags  # noqa: E402
 
-import controllers  # noqa: E402
+from oneshot import controllers  # noqa: E402
 from oneshot import configuration, cosearch, io  # noqa: E402
 from oneshot.errors import UserError  # noqa: E402
 

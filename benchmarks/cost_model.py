@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from oneshot.hardware import cost_model, layers  # noqa: E402  pylint: disable=wrong-import-position
-from spaces import accelerator, mobilenet  # noqa: E402  pylint: disable=wrong-import-position
+from oneshot.spaces import accelerator, mobilenet  # noqa: E402  pylint: disable=wrong-import-position
 
 # ProxylessNAS / TuNAS MobileNetV2-style ImageNet skeleton.
 MOBILENET = dict(stem_filters=32, stem_stride=2, head_filters=1280,

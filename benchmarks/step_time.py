@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import spaces
+from oneshot import spaces
 from oneshot import supernet
 from oneshot.configuration import DEFAULT_CONFIG
 

@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from oneshot import tabular  # pylint: disable=wrong-import-position
-from spaces import nasbench201  # pylint: disable=wrong-import-position
+from oneshot.spaces import nasbench201  # pylint: disable=wrong-import-position
 
 OP_BASE = np.array([0.0, 1.0, 2.0, 2.2, 1.2])  # none, skip, conv1x1, conv3x3, avg_pool
 # Edges in NB201's order: 0 (1<-0), 1 (2<-0), 2 (2<-1), 3 (3<-0), 4 (3<-1), 5 (3<-2); the input->output

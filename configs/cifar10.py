@@ -4,7 +4,7 @@ CIFAR-10 has no validation split: the last 5,000 training images are held out fo
 The dataset must be prepared first (`tfds build cifar10`); the launcher runs this config on a pod.
 """
 
-from configs.common import base_config
+from oneshot.configs.common import base_config
 
 
 def get_config():

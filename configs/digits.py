@@ -4,7 +4,7 @@ Sized to finish in well under 3 minutes on 2 CPU cores (compile included) and re
 accuracy with the searched architecture: 3 stages at 8x8 -> 4x4 -> 2x2, 6 blocks, 2.3M architectures.
 """
 
-from configs.common import base_config
+from oneshot.configs.common import base_config
 
 
 def get_config():

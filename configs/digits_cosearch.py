@@ -14,7 +14,7 @@ search visits). Accuracy is thus traded against cost rather than maximised alone
 
 import ml_collections
 
-from configs.digits import get_config as digits_config
+from oneshot.configs.digits import get_config as digits_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """NAS-Bench-201 cell search on digits: the benchmark's skeleton, shrunk (C=8, N=1) for 8x8 images."""
 
-from configs.common import base_config
+from oneshot.configs.common import base_config
 
 
 def get_config():

@@ -14,7 +14,7 @@ accuracies) so that architectures differ by clearly more than that noise, while 
 enough for a 15-minute search on 2 CPU cores.
 """
 
-from configs.common import base_config
+from oneshot.configs.common import base_config
 
 
 def get_config():

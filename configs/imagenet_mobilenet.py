@@ -1,6 +1,6 @@
 """The TuNAS/ProxylessNAS MobileNetV2 search space on ImageNet at 224x224, for TPU pods."""
 
-from configs.common import base_config
+from oneshot.configs.common import base_config
 
 
 def get_config():

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from controllers.base import AskTell, Controller, search
+from oneshot.controllers.base import AskTell, Controller, search
 from oneshot.errors import UserError
-from spaces.core import Space
+from oneshot.spaces.core import Space
 
 
 def registry() -> dict[str, type[Controller]]:
   """Name -> controller class. Imported lazily so `import controllers` stays cheap."""
   # pylint: disable=import-outside-toplevel
-  from controllers.enas import EnasController
-  from controllers.evolution import EvolutionController
-  from controllers.random import RandomController
-  from controllers.tunas import TunasController
+  from oneshot.controllers.enas import EnasController
+  from oneshot.controllers.evolution import EvolutionController
+  from oneshot.controllers.random import RandomController
+  from oneshot.controllers.tunas import TunasController
   found: dict[str, type[Controller]] = {"random": RandomController, "tunas": TunasController,
                                         "enas": EnasController, "evolution": EvolutionController}
   return found

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from spaces.core import DNA, Space
+from oneshot.spaces.core import DNA, Space
 
 State = Any  # a pytree of arrays
 

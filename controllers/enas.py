@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from controllers.base import Controller, State
-from controllers.tunas import active_mask, advantage_config, shaped_advantage, window_state
-from spaces.core import DNA, Space
+from oneshot.controllers.base import Controller, State
+from oneshot.controllers.tunas import active_mask, advantage_config, shaped_advantage, window_state
+from oneshot.spaces.core import DNA, Space
 
 _NEG = -1e9  # finite "impossible" logit for padded slots: -inf would make 0 * -inf = NaN in the entropy
 MARGINAL_SAMPLES = 256

@@ -17,10 +17,10 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from controllers.base import Controller, State, distinct
-from controllers.random import numpy_rng
+from oneshot.controllers.base import Controller, State, distinct
+from oneshot.controllers.random import numpy_rng
 from oneshot.errors import UserError
-from spaces.core import DNA, Space
+from oneshot.spaces.core import DNA, Space
 
 
 class EvolutionController(Controller):

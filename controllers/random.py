@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from controllers.base import Controller, State, decision_mask
-from spaces.core import Space
+from oneshot.controllers.base import Controller, State, decision_mask
+from oneshot.spaces.core import Space
 
 
 class RandomController(Controller):

@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from controllers.random import distinct_samples
+from oneshot.controllers.random import distinct_samples
 from oneshot.errors import UserError
-from spaces.core import DNA, Space
+from oneshot.spaces.core import DNA, Space
 
 
 def select(space: Space, candidates: np.ndarray, score_fn: Callable[[np.ndarray], np.ndarray],

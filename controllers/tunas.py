@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from controllers.base import Controller, State, decision_mask
-from controllers.random import sample_factorized
-from spaces.core import Space
+from oneshot.controllers.base import Controller, State, decision_mask
+from oneshot.controllers.random import sample_factorized
+from oneshot.spaces.core import Space
 
 # Finite stand-in for -inf in the loss: a -inf logit gives 0 * -inf = NaN in the entropy and its gradient
 # (jnp.where does not stop a NaN gradient), which poisoned every decision shorter than max_choices.

@@ -6,6 +6,6 @@ Kept import-light like `oneshot`: importing `launch` must not import jax, becaus
 
 from __future__ import annotations
 
-from launch.distributed import is_primary, maybe_initialize
+from oneshot.launch.distributed import is_primary, maybe_initialize
 
 __all__ = ["is_primary", "maybe_initialize"]

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from absl import flags
 
-from launch.accelerators import DEFAULT_RUNTIME, parse_accelerator
+from oneshot.launch.accelerators import DEFAULT_RUNTIME, parse_accelerator
 from oneshot import configuration
 from oneshot.errors import UserError
 

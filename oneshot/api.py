@@ -23,11 +23,10 @@ import ml_collections
 
 from oneshot import arrays as arrays_lib
 from oneshot.arrays import Arrays
+from oneshot.configuration import CONFIGS_DIR as _CONFIGS_DIR
 from oneshot.errors import UserError
 
 __all__ = ["Arrays", "ExportResult", "SearchResult", "export", "get_config", "load", "search"]
-
-_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ COMMANDS = {
     "tabular": ("oneshot.tabular", "run controllers against a tabular benchmark"),
     "latency-table": ("oneshot.hardware.latency_table", "time every block choice on this device"),
     "cosearch": ("oneshot.cosearch", "hardware co-search over accelerator configurations"),
-    "launch": ("launch.tpu", "run a config on a Cloud TPU VM / pod"),
+    "launch": ("oneshot.launch.tpu", "run a config on a Cloud TPU VM / pod"),
 }
 
 

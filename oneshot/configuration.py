@@ -6,6 +6,7 @@ argv (tests call `main(argv)` many times in one process) and every parse error b
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -20,8 +21,9 @@ from ml_collections import config_flags
 
 from oneshot.errors import UserError
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "digits.py")
+# The configs/ folder, wherever it is installed (a checkout's configs/, or site-packages' oneshot/configs).
+CONFIGS_DIR = os.path.dirname(importlib.util.find_spec("oneshot.configs").origin)
+DEFAULT_CONFIG = os.path.join(CONFIGS_DIR, "digits.py")
 
 
 def parse_flags(argv: Sequence[str], define: Callable[[flags.FlagValues], None] | None = None,

@@ -35,12 +35,12 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-import controllers
+from oneshot import controllers
 from oneshot import io
 from oneshot.errors import UserError
 from oneshot.hardware import rewards
 from oneshot.hardware.latency_table import cost_function
-from spaces import accelerator
+from oneshot.spaces import accelerator
 
 STATE_FILE, RESULT_FILE, PLOT_FILE = "cosearch_state.json", "cosearch.json", "pareto.png"
 OBJECTIVES = (("accuracy", 1), ("latency_ms", -1), ("energy_mj", -1), ("area_mm2", -1))
@@ -336,7 +336,7 @@ def prepare(config, workdir: str) -> Evaluator | None:
 
 def validate(config) -> Any:
   """The accelerator space, once every co-search setting is checked (before any training)."""
-  import spaces  # pylint: disable=import-outside-toplevel
+  from oneshot import spaces  # pylint: disable=import-outside-toplevel
   missing = [k for k in ("accelerator", "reward", "cost_model", "cosearch") if config.get(k) is None]
   if missing:
     raise UserError(f"the config has no {'/'.join(missing)} section; use --config "

@@ -73,7 +73,7 @@ def export(workdir: str, out: str, *, dna_text: str | None = None,
   """Writes the export directory; returns the architecture.json record. Every input is checked before
   anything is written, and the directory appears only once complete (temp dir + rename)."""
   # pylint: disable=import-outside-toplevel  # keeps `load` free of supernet and search code
-  import spaces
+  from oneshot import spaces
   from oneshot import checkpoint, session as session_lib, supernet
   if recalibrate_batches < 1:
     raise UserError(f"--recalibrate-batches must be >= 1, got {recalibrate_batches}: the supernet keeps "

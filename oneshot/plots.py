@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from oneshot import io  # pylint: disable=wrong-import-position
-from spaces.core import Space  # pylint: disable=wrong-import-position
+from oneshot.spaces.core import Space  # pylint: disable=wrong-import-position
 
 
 def controller_plot(space: Space, history: Sequence[dict], path: str) -> None:

@@ -40,7 +40,7 @@ import numpy as np
 
 from oneshot import export, io
 from oneshot.errors import UserError
-from spaces.core import DNA, Space
+from oneshot.spaces.core import DNA, Space
 
 
 def main(argv: Sequence[str]) -> int:
@@ -79,7 +79,7 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
         train_seeds: int = 1, reuse: str | None = None) -> dict:
   """Scores the architectures and writes rank.json and rank.png; returns the report."""
   # pylint: disable=import-outside-toplevel
-  import spaces
+  from oneshot import spaces
   from oneshot import checkpoint, session as session_lib, supernet, train
   wall = time.time()
   for name, value, least in (("--num-archs", num_archs, 2), ("--train-seeds", train_seeds, 1),

@@ -20,8 +20,8 @@ import jax
 import numpy as np
 from absl import flags
 
-from controllers.base import marginal_entropy
-from launch import distributed
+from oneshot.controllers.base import marginal_entropy
+from oneshot.launch import distributed
 from oneshot import checkpoint, configuration, io, session as session_lib, steps
 from oneshot.errors import UserError
 
@@ -128,7 +128,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
   n, pid, pcount = sess.num_devices, jax.process_index(), jax.process_count()
   uniform_steps = session_lib.uniform_steps(config)
   paths_per_device = max(1, int(t.get("reward_paths_per_device", 1)))
-  from controllers.random import RandomController  # pylint: disable=import-outside-toplevel
+  from oneshot.controllers.random import RandomController  # pylint: disable=import-outside-toplevel
   uniform = RandomController(sess.space)
   key = jax.random.wrap_key_data(np.asarray(state["key"]))
   metrics_log = io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start,
@@ -286,7 +286,7 @@ def _finish(sess, state, workdir, history, wall_start, primary) -> dict:
 def answer(sess, params, controller, controller_state, key) -> tuple[tuple, float, list]:
   """(DNA, its whole-validation accuracy, selection table): the controller's candidates scored with
   the supernet weights `params` by `controllers.rsws.select`, as `config.select` says."""
-  from controllers import rsws  # pylint: disable=import-outside-toplevel
+  from oneshot.controllers import rsws  # pylint: disable=import-outside-toplevel
   select = select_config(sess.config)
   candidates = controller.candidates(controller_state, key, select["num_candidates"])
   dna, table = rsws.select(

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-import controllers
-import spaces
+from oneshot import controllers
+from oneshot import spaces
 from oneshot import checkpoint, data, steps, supernet
 from oneshot.errors import UserError
-from spaces.core import Space
+from oneshot.spaces.core import Space
 
 
 @dataclasses.dataclass

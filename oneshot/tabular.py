@@ -122,7 +122,7 @@ def main(argv: Sequence[str]) -> int:
   if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
     raise UserError(f"--out {args.out}: its directory does not exist; create it or fix the path")
 
-  import spaces  # pylint: disable=import-outside-toplevel
+  from oneshot import spaces  # pylint: disable=import-outside-toplevel
   space = spaces.build(SPACES[args.space])
   for name in algorithms:  # bad --set values fail here, before any run prints
     build(space, name, hparams[name], args.budget)
@@ -289,7 +289,7 @@ def _fresh(controller, state, key, proposed, seen, retries):
 
 def build(space: Any, algorithm: str, hparams: Mapping[str, Any], budget: int) -> tuple[Any, int]:
   """(controller, queries per controller step); `num_steps` is the number of feedback calls."""
-  import controllers  # pylint: disable=import-outside-toplevel
+  from oneshot import controllers  # pylint: disable=import-outside-toplevel
 
   config = dict(hparams)
   batch = config.pop("batch_size", 1)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from oneshot.errors import UserError
-from spaces.core import DNA, Decision, Space
+from oneshot.spaces.core import DNA, Decision, Space
 
 
 def _builders() -> dict[str, Callable[[Mapping[str, Any]], Space]]:
-  from spaces import accelerator, mobilenet, nasbench201  # pylint: disable=import-outside-toplevel
+  from oneshot.spaces import accelerator, mobilenet, nasbench201  # pylint: disable=import-outside-toplevel
   return {"mobilenet": mobilenet.build, "nasbench201": nasbench201.build,
           "accelerator": accelerator.build}
 

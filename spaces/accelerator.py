@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from oneshot.errors import UserError
-from spaces.core import Decision, Space
+from oneshot.spaces.core import Decision, Space
 
 # The order here is the integer code the cost model uses for `dataflow` (0 ws, 1 os, 2 is).
 DATAFLOWS = ("ws", "os", "is")

@@ -12,7 +12,7 @@ import numbers
 from typing import Any, Mapping, Sequence
 
 from oneshot.errors import UserError
-from spaces.core import Decision, Space
+from oneshot.spaces.core import Decision, Space
 
 
 def build(config: Mapping[str, Any]) -> Space:

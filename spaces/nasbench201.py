@@ -11,7 +11,7 @@ import re
 from typing import Any, Mapping, Sequence
 
 from oneshot.errors import UserError
-from spaces.core import DNA, Decision, Space
+from oneshot.spaces.core import DNA, Decision, Space
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))

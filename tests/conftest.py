@@ -13,7 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny_config(**train):
   """configs/digits.py shrunk to compile and run in seconds."""
-  from configs.digits import get_config  # pylint: disable=import-outside-toplevel
+  from oneshot.configs.digits import get_config  # pylint: disable=import-outside-toplevel
   c = get_config()
   c.space.stem_filters = 8
   c.space.stages = ((8, 1, 1), (12, 2, 2))
@@ -45,7 +45,7 @@ def config_file(path, config) -> str:
   subprocess sees exactly this config, and `--config.*` overrides keep the field types of the real file.
   It imports nothing from tests/, whose conftest would set this process's device count in the child.
   """
-  from configs.digits import get_config  # pylint: disable=import-outside-toplevel
+  from oneshot.configs.digits import get_config  # pylint: disable=import-outside-toplevel
   base, new = _flatten(get_config().to_dict()), _flatten(config.to_dict())
   lines = ["from configs.digits import get_config as _digits", "", "", "def get_config():",
            "  c = _digits()"]

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-import controllers
-import spaces
+from oneshot import controllers
+from oneshot import spaces
 from oneshot import supernet
 from tests.conftest import REPO
 

@@ -7,13 +7,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import controllers
-from controllers.enas import EnasController
-from controllers.evolution import EvolutionController
-from controllers.rsws import rsws_select
-from controllers.tunas import TunasController
+from oneshot import controllers
+from oneshot.controllers.enas import EnasController
+from oneshot.controllers.evolution import EvolutionController
+from oneshot.controllers.rsws import rsws_select
+from oneshot.controllers.tunas import TunasController
 from oneshot.errors import UserError
-from spaces.core import Decision, Space
+from oneshot.spaces.core import Decision, Space
 
 # Unequal choice counts on purpose: padded logit slots are where masking bugs hide.
 MIXED = Space("mixed", (Decision("a", (0, 1, 2)), Decision("b", ("x", "y")), Decision("c", range(5)),
@@ -178,7 +178,7 @@ def test_registry_names_all_four():
 
 # -- hierarchical log-probabilities: a skipped block's kernel/expansion choices do not count ----------
 def _skippy_space():
-  import spaces  # pylint: disable=import-outside-toplevel
+  from oneshot import spaces  # pylint: disable=import-outside-toplevel
   return spaces.build({"name": "mobilenet", "stem_filters": 8, "stages": ((8, 2, 1),),
                        "kernel_sizes": (3, 5), "expansion_ratios": (3, 6), "width_multipliers": (1.0,),
                        "allow_skip": True, "head_filters": 0})

@@ -12,11 +12,11 @@ import os
 import numpy as np
 import pytest
 
-from configs import digits_cosearch
+from oneshot.configs import digits_cosearch
 from oneshot import cosearch
 from oneshot.errors import UserError
 from oneshot.hardware import latency_table
-from spaces import accelerator, mobilenet
+from oneshot.spaces import accelerator, mobilenet
 
 SPACE = dict(name="mobilenet", stem_filters=8, stem_stride=1, stages=((8, 1, 1), (16, 2, 2)),
              kernel_sizes=(3, 5), expansion_ratios=(2,), width_multipliers=(0.5, 1.0),
@@ -126,7 +126,7 @@ def test_latency_table_measure_and_table_cost_model(tmp_path):
   path = str(tmp_path / "lut.json")
   with open(path, "w") as f:
     json.dump(lut, f)
-  from spaces import build  # pylint: disable=import-outside-toplevel
+  from oneshot.spaces import build  # pylint: disable=import-outside-toplevel
   space = build(config.space)
   fn = latency_table.cost_function({"kind": "table", "table": path}, space,
                                    accelerator.build({}), (8, 8, 1), 10)
@@ -206,7 +206,7 @@ def test_infeasible_accelerators_never_recorded(trained, tmp_path):
 
 
 def test_bad_config_fails_before_training(tmp_path):
-  from configs import digits  # pylint: disable=import-outside-toplevel
+  from oneshot.configs import digits  # pylint: disable=import-outside-toplevel
   with pytest.raises(UserError, match="no accelerator/reward/cost_model/cosearch section"):
     cosearch.run(digits.get_config(), str(tmp_path / "w"))
   config = tiny_config()

@@ -7,7 +7,7 @@ import pytest
 
 from oneshot.errors import UserError
 from oneshot.hardware import cost_model, layers, rewards
-from spaces import accelerator, mobilenet, nasbench201
+from oneshot.spaces import accelerator, mobilenet, nasbench201
 
 SMALL = dict(stem_filters=8, stem_stride=2, head_filters=0, stages=[(8, 1, 1), (16, 2, 2)],
              width_multipliers=(0.5, 1.0), kernel_sizes=(3, 5), expansion_ratios=(1, 3))

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from launch import accelerators, distributed, tpu
+from oneshot.launch import accelerators, distributed, tpu
 from oneshot import cli
 from oneshot.errors import UserError
 

@@ -17,7 +17,7 @@ import pytest
 
 from oneshot.models.nasbench201 import NasBench201
 from oneshot.supernet.nasbench201 import NasBench201Supernet, child_variables
-from spaces import nasbench201
+from oneshot.spaces import nasbench201
 
 SPACE = nasbench201.build(dict(channels=4, cells_per_stage=1))
 NUM_CLASSES = 10

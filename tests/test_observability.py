@@ -1,6 +1,7 @@
 """What a run shows while it runs: TensorBoard event files beside metrics.jsonl, and rate/ETA."""
 
 import io as stdio
+import json
 import os
 import struct
 
@@ -47,7 +48,7 @@ def test_search_writes_tensorboard_scalars_at_the_logged_steps(tmp_path):
   scalars = _scalars(events)
   for tag in ("loss", "accuracy", "mean_reward", "controller_entropy", "step_seconds"):
     assert sorted(scalars[tag]) == [2, 4], tag
-  rows = [__import__("json").loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert scalars["loss"][4] == pytest.approx(rows[-1]["loss"], rel=1e-6)
   probabilities = {t: v for t, v in scalars.items() if t.startswith("controller/")}
   block0_kernel = [v[4] for t, v in probabilities.items() if t.startswith("controller/block0/kernel/")]

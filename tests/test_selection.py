@@ -8,11 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-import controllers
-import spaces
-from configs.digits import get_config
-from controllers.evolution import EvolutionController
-from controllers.rsws import select
+from oneshot import controllers
+from oneshot import spaces
+from oneshot.configs.digits import get_config
+from oneshot.controllers.evolution import EvolutionController
+from oneshot.controllers.rsws import select
 from oneshot import checkpoint, search, session as session_lib, steps
 from tests.conftest import tiny_config
 
@@ -110,7 +110,7 @@ def test_candidates_are_distinct_networks_not_distinct_dnas():
   other[space.names.index("block1/kernel")] = 2
   assert not space.active(dna[None])[0, space.names.index("block1/kernel")]
   assert (space.canonical(other) == dna).all()
-  from controllers.base import distinct  # pylint: disable=import-outside-toplevel
+  from oneshot.controllers.base import distinct  # pylint: disable=import-outside-toplevel
   assert len(distinct([dna, other, dna], 10, space)) == 1
 
 

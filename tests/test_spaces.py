@@ -3,16 +3,16 @@ import json
 import numpy as np
 import pytest
 
-import spaces
+from oneshot import spaces
 from oneshot.errors import UserError
-from spaces.nasbench201 import OPS
+from oneshot.spaces.nasbench201 import OPS
 
 NB201 = spaces.build({"name": "nasbench201", "channels": 16, "cells_per_stage": 5})
 EXAMPLE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
 
 
 def mobilenet():
-  from configs.digits import get_config
+  from oneshot.configs.digits import get_config
   return spaces.build(get_config().space)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-import spaces
+from oneshot import spaces
 from oneshot import steps, supernet
 
 CONFIG = dict(name="mobilenet", stem_filters=8, stem_stride=1, stages=((8, 1, 1), (8, 2, 2)),

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import spaces
+from oneshot import spaces
 from oneshot import supernet
 from oneshot.models import ops
 

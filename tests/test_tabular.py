@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-import spaces
+from oneshot import spaces
 from oneshot import cli, tabular
 from oneshot.errors import UserError
 

@@ -46,7 +46,7 @@ from numpy.typing import ArrayLike
 from oneshot.errors import UserError
 
 if TYPE_CHECKING:
-  from spaces.core import Space
+  from oneshot.spaces.core import Space
 
 # --- constants (45 nm, 0.9 V, int8 operands with 32-bit accumulation) ------------------------------
 BYTES_PER_WORD = 1  # int8 activations and weights, as SCALE-Sim's word_size = 1.
@@ -224,7 +224,7 @@ def cost(space: Space, dnas: np.ndarray, accel_space: Space, accel_dnas: np.ndar
          per_layer: bool = False) -> dict[str, np.ndarray]:
   """Costs of architecture DNAs [N, D] paired with accelerator DNAs [N, D'] (either N may be 1)."""
   from oneshot.hardware import layers  # pylint: disable=import-outside-toplevel
-  from spaces import accelerator  # pylint: disable=import-outside-toplevel
+  from oneshot.spaces import accelerator  # pylint: disable=import-outside-toplevel
   table = layers.layer_table(space, dnas, image_shape, num_classes)
   return evaluate(table, accelerator.arrays(accel_space, accel_dnas), per_layer)
 

@@ -68,7 +68,7 @@ def _specs(space, image_shape: Sequence[int], num_classes: int) -> list[dict[str
   `shape` (the input without the batch) and `plan`/`head` are for timing and are not written out.
   """
   from oneshot.models.mobilenet import BlockPlan, has_residual  # pylint: disable=import-outside-toplevel
-  from spaces.mobilenet import stage_channels  # pylint: disable=import-outside-toplevel
+  from oneshot.spaces.mobilenet import stage_channels  # pylint: disable=import-outside-toplevel
   sk = space.skeleton
   h, w, c_img = (int(v) for v in image_shape)
   stem, ss = int(sk["stem_filters"]), int(sk["stem_stride"])
@@ -101,7 +101,7 @@ def _specs(space, image_shape: Sequence[int], num_classes: int) -> list[dict[str
 def measure(config, batch_size: int, repeats: int) -> dict[str, Any]:
   """Times every entry of the config's mobilenet space on the default device."""
   import jax  # pylint: disable=import-outside-toplevel
-  import spaces  # pylint: disable=import-outside-toplevel
+  from oneshot import spaces  # pylint: disable=import-outside-toplevel
   from oneshot import data, supernet  # pylint: disable=import-outside-toplevel
   space = spaces.build(config.space)
   if space.name != "mobilenet":
@@ -210,7 +210,7 @@ class LatencyTable:
   """
 
   def __init__(self, lut: Mapping[str, Any], space, source: str = "the table"):
-    from spaces.mobilenet import stage_channels  # pylint: disable=import-outside-toplevel
+    from oneshot.spaces.mobilenet import stage_channels  # pylint: disable=import-outside-toplevel
     if space.name != "mobilenet":
       raise UserError(f"a latency table prices mobilenet architectures, not {space.name!r}; set "
                       "--config.cost_model.kind=analytical")
@@ -310,7 +310,7 @@ def cost_function(cost_config: Mapping[str, Any] | None, space, accel_space,
   """
   # pylint: disable=import-outside-toplevel
   from oneshot.hardware import cost_model, layers
-  from spaces import accelerator
+  from oneshot.spaces import accelerator
   cost_config = dict(cost_config or {})
   kind = cost_config.get("kind") or "analytical"
   if kind not in KINDS:

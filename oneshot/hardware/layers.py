@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from oneshot.errors import UserError
-from spaces import mobilenet, nasbench201
-from spaces.core import Space
+from oneshot.spaces import mobilenet, nasbench201
+from oneshot.spaces.core import Space
 
 CONV, DEPTHWISE, DENSE, POOL = 0, 1, 2, 3
 KIND_NAMES = ("conv", "depthwise", "dense", "pool")

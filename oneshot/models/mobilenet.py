@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from oneshot.models.layers import Classifier, ConvBN
-from spaces.mobilenet import stage_channels
+from oneshot.spaces.mobilenet import stage_channels
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from oneshot.models import ops
 from oneshot.models.layers import BatchNorm, Classifier, ConvBN
-from spaces.nasbench201 import EDGES
+from oneshot.spaces.nasbench201 import EDGES
 
 CONV_OPS = {"nor_conv_1x1": 1, "nor_conv_3x3": 3}   # op -> kernel size; the only ops with weights
 NUM_STAGES = 3

@@ -9,7 +9,7 @@ import jax
 
 from oneshot.errors import UserError
 from oneshot.models import ops
-from spaces.core import Space
+from oneshot.spaces.core import Space
 
 EXECUTORS = ("auto", "switch", "switch_exact", "mask")
 

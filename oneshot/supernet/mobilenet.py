@@ -31,9 +31,9 @@ from jax import lax
 
 from oneshot.models import ops
 from oneshot.models.layers import Classifier, ConvBN
-from spaces.core import Space
+from oneshot.spaces.core import Space
 from oneshot.models.mobilenet import has_residual
-from spaces.mobilenet import stage_channels
+from oneshot.spaces.mobilenet import stage_channels
 
 
 class MobileNetSupernet(nn.Module):

@@ -30,8 +30,8 @@ from oneshot.models import ops
 from oneshot.models.layers import Classifier, ConvBN
 from oneshot.models.nasbench201 import (CONV_OPS, NUM_STAGES, BatchNorm, ResNetBlock, cell_stages,
                                         edge_name, op_layer_name, stage_channels)
-from spaces.core import Space
-from spaces.nasbench201 import EDGES, OPS
+from oneshot.spaces.core import Space
+from oneshot.spaces.nasbench201 import EDGES, OPS
 
 
 class NasBench201Supernet(nn.Module):

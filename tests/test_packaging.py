@@ -1,0 +1,42 @@
+"""One import name: an installed oneshot adds only `oneshot` to site-packages."""
+
+import os
+import re
+import subprocess
+import sys
+import zipfile
+
+from tests.conftest import REPO
+
+_TOP_LEVEL = re.compile(r"^\s*(from|import) (controllers|spaces|launch|configs)\b", re.M)
+
+
+def test_no_module_imports_the_folders_as_top_level_packages():
+  """`import spaces` would work from a checkout but not once installed (and would load a second copy
+  of the module beside `oneshot.spaces`)."""
+  offenders = []
+  for folder in ("oneshot", "controllers", "spaces", "launch", "configs", "tests", "benchmarks"):
+    for root, _, files in os.walk(os.path.join(REPO, folder)):
+      for name in files:
+        if name.endswith(".py"):
+          path = os.path.join(root, name)
+          with open(path) as f:
+            if _TOP_LEVEL.search(f.read()):
+              offenders.append(os.path.relpath(path, REPO))
+  assert not offenders
+
+
+def test_the_wheel_installs_only_the_oneshot_package(tmp_path):
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                  "-w", str(tmp_path), REPO], check=True, capture_output=True, timeout=300)
+  (wheel,) = [p for p in os.listdir(tmp_path) if p.endswith(".whl")]
+  with zipfile.ZipFile(tmp_path / wheel) as z:
+    names = z.namelist()
+    top_level = [n for n in names if n.endswith("top_level.txt")]
+    tops = {n.split("/")[0] for n in names if ".dist-info/" not in n}
+    assert tops == {"oneshot"}, tops
+    if top_level:
+      assert z.read(top_level[0]).decode().split() == ["oneshot"]
+  for path in ("oneshot/controllers/tunas.py", "oneshot/spaces/core.py", "oneshot/configs/digits.py",
+               "oneshot/launch/tpu.py", "oneshot/supernet/mobilenet.py"):
+    assert path in names, path
