@@ -121,3 +121,13 @@ def test_bad_arrays_are_one_line(bad, needle, tmp_path):
     api.search(tiny_config(), str(tmp_path / "w"), data=api.Arrays(**bad))
   assert "\n" not in str(info.value)
   assert not (tmp_path / "w").exists()
+
+
+def test_docs_controller_example_runs_as_printed():
+  """docs/python.md's ask/tell example (controllers on any reward) finds the toy optimum."""
+  with open(os.path.join(REPO, "docs", "python.md")) as f:
+    blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+  (block,) = [b for b in blocks if "controllers.search(" in b]
+  proc = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split()[0] == "2,2,1"  # depth 8, width 64, gelu
