@@ -51,6 +51,19 @@ def base_config() -> ml_collections.ConfigDict:
   # lr 0.0035, baseline decay 0.99, entropy weight 1e-4, T 5, c 2.5; TuNAS: lr 0.05, baseline momentum
   # 0.95, no entropy term); a value set here or by --config.controller.X=V applies to whichever
   # controller runs. search_result.json records the values in force.
+  # Latency-targeted search (oneshot/hardware/target.py): off until target_latency_ms is set; then
+  # rewards and the final choice fold the modelled latency of each architecture into its accuracy.
+  c.hardware = ml_collections.ConfigDict()
+  c.hardware.target_latency_ms = placeholder(float)  # T0, ms per image batch of 1 on the device
+  c.hardware.reward = "tunas"       # tunas: Q + beta*|T/T0 - 1| | mnas: Q*(T/T0)^w
+  c.hardware.beta = -0.5            # tunas; TuNAS used -0.07..-0.1 with 100x more RL steps
+  c.hardware.w = -0.07              # mnas (MnasNet's soft constraint)
+  c.hardware.cost_model = "analytical"  # analytical (the accelerator below) | table (a lut.json)
+  c.hardware.table = ""             # `oneshot latency-table --out lut.json`, for cost_model=table
+  c.hardware.accelerator = ml_collections.ConfigDict(dict(  # the one device the model times
+      rows=16, cols=16, ifmap_sram_kb=64, filter_sram_kb=64, ofmap_sram_kb=32, dataflow="ws",
+      dram_gbps=16.0, clock_mhz=500.0))
+
   c.controller = ml_collections.ConfigDict()
   c.controller.name = "enas"
   c.controller.learning_rate = placeholder(float)

@@ -94,8 +94,15 @@ def check(config) -> session_lib.Session:
   fails later only for reasons outside it (disk, preemption, divergence)."""
   distributed.maybe_initialize()
   sess = session_lib.build(config)
+  latency_target(config, sess)
   sess.initial_state(steps.make_optimizer(config))
   return sess
+
+
+def latency_target(config, sess: session_lib.Session):
+  """The config's `hardware` latency target for this space and dataset, or None (accuracy only)."""
+  from oneshot.hardware import target as target_lib  # pylint: disable=import-outside-toplevel
+  return target_lib.build(config, sess.space, sess.dataset.image_shape, sess.dataset.num_classes)
 
 
 def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
@@ -106,6 +113,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
   distributed.maybe_initialize()
   _enable_compilation_cache(config)
   sess = session_lib.build(config)  # validates every name before anything is written
+  target = latency_target(config, sess)
   workdir = io.ensure_workdir(workdir)
   primary = distributed.is_primary()
   t = config.train
@@ -173,6 +181,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
               reward_step(state["params"], reward_batch,
                           steps.shard_paths(sess.mesh, reward_paths[i * n:(i + 1) * n]))
               for i in range(paths_per_device)]))
+          if target is not None:  # the controller learns accuracy and latency together
+            rewards = target.rewards(reward_paths, rewards)
           state["controller"], _ = sess.controller.feedback(state["controller"], reward_paths,
                                                             rewards)
           mean_reward = float(rewards.mean())
@@ -210,7 +220,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
       if metrics_log is not None:
         metrics_log.close()
   progress.close()
-  return _finish(sess, state, workdir, history, wall_start, primary)
+  return _finish(sess, state, workdir, history, wall_start, primary, target)
 
 
 def _probability_scalars(space, probabilities) -> dict[str, float]:
@@ -255,13 +265,13 @@ def _previous_wall(workdir: str) -> float:
     return float(json.load(f).get("wall_seconds", 0.0))
 
 
-def _finish(sess, state, workdir, history, wall_start, primary) -> dict:
+def _finish(sess, state, workdir, history, wall_start, primary, target=None) -> dict:
   """The answer (`controllers.rsws.select` over the controller's candidates, scored with the trained
   weights), written to search_result.json with the finalists' scores."""
   config, params = sess.config, state["params"]
   select = select_config(config)
   key = jax.random.fold_in(jax.random.wrap_key_data(np.asarray(state["key"])), 2**31 - 1)
-  dna, reward, table = answer(sess, params, sess.controller, state["controller"], key)
+  dna, reward, table = answer(sess, params, sess.controller, state["controller"], key, target)
   own = sess.space.format(sess.controller.best(state["controller"]))
   probs = sess.controller.probabilities(state["controller"])
   result = {**sess.space.to_json(dna), "reward": reward,
@@ -272,7 +282,8 @@ def _finish(sess, state, workdir, history, wall_start, primary) -> dict:
             "selection": {**select, "candidates_scored": len(table), "controller_choice": own,
                           "finalists": [r for r in table if r["rescore"] is not None]},
             "steps": int(state["step"]), "wall_seconds": time.time() - wall_start,
-            "num_devices": sess.num_devices}
+            "num_devices": sess.num_devices,
+            **(target.report(dna) if target is not None else {})}
   if primary:
     io.write_json(os.path.join(workdir, "search_result.json"), result)
     try:
@@ -283,17 +294,26 @@ def _finish(sess, state, workdir, history, wall_start, primary) -> dict:
   return result
 
 
-def answer(sess, params, controller, controller_state, key) -> tuple[tuple, float, list]:
+def answer(sess, params, controller, controller_state, key,
+           target=None) -> tuple[tuple, float, list]:
   """(DNA, its whole-validation accuracy, selection table): the controller's candidates scored with
-  the supernet weights `params` by `controllers.rsws.select`, as `config.select` says."""
+  the supernet weights `params` by `controllers.rsws.select`, as `config.select` says. With a latency
+  `target`, candidates are ranked by the same hardware-aware reward the controller learned from."""
   from oneshot.controllers import rsws  # pylint: disable=import-outside-toplevel
   select = select_config(sess.config)
   candidates = controller.candidates(controller_state, key, select["num_candidates"])
-  dna, table = rsws.select(
-      sess.space, candidates,
-      lambda dnas: session_lib.score_candidates(sess, params, dnas, select["score_images"]),
-      top_k=select["top_k"], rescore_fn=lambda d: session_lib.evaluate(sess, params, d))
-  return dna, next(r["rescore"] for r in table if tuple(r["dna"]) == tuple(dna)), table
+  accuracy = {}  # the answer's accuracy is reported whatever the ranking reward
+
+  def score(dnas):
+    scores = session_lib.score_candidates(sess, params, dnas, select["score_images"])
+    return scores if target is None else target.rewards(dnas, scores)
+
+  def rescore(dna):
+    accuracy[dna] = session_lib.evaluate(sess, params, dna)
+    return accuracy[dna] if target is None else float(target.rewards([dna], [accuracy[dna]])[0])
+
+  dna, table = rsws.select(sess.space, candidates, score, top_k=select["top_k"], rescore_fn=rescore)
+  return dna, accuracy[tuple(dna)], table
 
 
 def select_config(config) -> dict:

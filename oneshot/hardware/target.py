@@ -1,0 +1,77 @@
+"""Latency-targeted search: the most accurate network at a latency on one fixed device (TuNAS's use).
+
+The config's `hardware` section (configs/common.py) is off until `target_latency_ms` is set. Then every
+reward the controller learns from, and every score that picks the final answer, is the accuracy Q folded
+with the modelled latency T of that architecture by `oneshot.hardware.rewards`:
+  tunas: Q + beta * |T/T0 - 1|  (TuNAS's absolute reward: over and under the target both cost),
+  mnas:  Q * (T/T0)^w           (MnasNet's soft constraint).
+T comes from the same cost models `oneshot cosearch` uses (`latency_table.cost_function`): the analytical
+accelerator model for the configured device (`hardware.accelerator`), or a `oneshot latency-table` file
+measured on a real one (`hardware.cost_model='table'`, `hardware.table=lut.json`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from oneshot.errors import UserError
+from oneshot.hardware import latency_table, rewards
+from oneshot.spaces import accelerator
+from oneshot.spaces.core import Space
+
+REWARDS = ("tunas", "mnas")
+# The device the analytical model times when no accelerator is configured: a small edge array.
+DEFAULT_ACCELERATOR = dict(rows=16, cols=16, ifmap_sram_kb=64, filter_sram_kb=64, ofmap_sram_kb=32,
+                           dataflow="ws", dram_gbps=16.0, clock_mhz=500.0)
+
+
+class LatencyTarget:
+  """Hardware-aware rewards and the costs of single architectures, for one search space."""
+
+  def __init__(self, section: Mapping[str, Any], space: Space, image_shape, num_classes: int):
+    self.target_ms = float(section["target_latency_ms"])
+    if self.target_ms <= 0:
+      raise UserError(f"--config.hardware.target_latency_ms must be positive; got {self.target_ms}")
+    self.kind = section.get("reward") or "tunas"
+    if self.kind not in REWARDS:
+      raise UserError(f"unknown --config.hardware.reward {self.kind!r}; use one of {list(REWARDS)}")
+    self._reward_config = {"metric": "latency", "latency_target_ms": self.target_ms,
+                           "beta": section.get("beta"), "w": section.get("w")}
+    device = {**DEFAULT_ACCELERATOR, **dict(section.get("accelerator") or {})}
+    unknown = sorted(set(device) - set(accelerator.NAMES))
+    if unknown:
+      raise UserError(f"--config.hardware.accelerator has unknown field {unknown[0]!r}; use "
+                      f"{', '.join(accelerator.NAMES)}")
+    self.device = device
+    accel_space = accelerator.build({name: (value,) for name, value in device.items()})
+    self._accel = np.zeros((1, accel_space.num_decisions), np.int32)
+    self.cost_model = section.get("cost_model") or "analytical"
+    self._costs = latency_table.cost_function({"kind": self.cost_model,
+                                               "table": section.get("table") or ""},
+                                              space, accel_space, image_shape, num_classes)
+    self.rewards(np.zeros((1, space.num_decisions), np.int32), np.zeros(1))  # bad beta/w fail now
+
+  def costs(self, dnas: np.ndarray) -> dict[str, np.ndarray]:
+    """latency_ms, energy_mj, area_mm2 [N] of architectures [N, D] on the device."""
+    return self._costs(np.asarray(dnas, np.int32), self._accel)
+
+  def rewards(self, dnas: np.ndarray, accuracies: np.ndarray) -> np.ndarray:
+    """[N] hardware-aware rewards of architectures [N, D] with accuracies [N]."""
+    return rewards.reward(self.kind, accuracies, self.costs(dnas), self._reward_config)
+
+  def report(self, dna) -> dict[str, Any]:
+    """What search_result.json says about the answer's cost."""
+    costs = self.costs(np.asarray(dna, np.int32)[None])
+    return {"latency_ms": float(costs["latency_ms"][0]), "energy_mj": float(costs["energy_mj"][0]),
+            "target_latency_ms": self.target_ms, "hardware_reward": self.kind,
+            "cost_model": self.cost_model}
+
+
+def build(config, space: Space, image_shape, num_classes: int) -> LatencyTarget | None:
+  """The config's latency target, or None when `hardware.target_latency_ms` is unset (accuracy only)."""
+  section = config.get("hardware")
+  if section is None or section.get("target_latency_ms") in (None, 0, 0.0):
+    return None
+  return LatencyTarget(section, space, image_shape, num_classes)

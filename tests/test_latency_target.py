@@ -1,0 +1,83 @@
+"""Latency-targeted search: rewards fold the modelled latency in, and the answer lands at the target."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from oneshot import cli, search, spaces
+from oneshot.hardware import rewards, target
+from tests.conftest import REPO, tiny_config
+
+
+def _target(**hardware):
+  config = tiny_config()
+  config.hardware.target_latency_ms = 0.05
+  for key, value in hardware.items():
+    config.hardware[key] = value
+  space = spaces.build(config.space)
+  return config, space, target.build(config, space, (8, 8, 1), 10)
+
+
+def test_off_by_default_and_on_with_a_target_alone():
+  config = tiny_config()
+  assert target.build(config, spaces.build(config.space), (8, 8, 1), 10) is None
+  _, _, on = _target()
+  assert on.kind == "tunas" and on.device == target.DEFAULT_ACCELERATOR
+
+
+def test_rewards_are_the_tunas_absolute_reward_of_the_modelled_latency():
+  config, space, on = _target()
+  dnas = np.stack([space.sample(np.random.default_rng(i)) for i in range(6)])
+  accuracy = np.linspace(0.5, 1.0, 6)
+  latency = on.costs(dnas)["latency_ms"]
+  assert len(set(np.round(latency, 6))) > 1  # architectures differ in cost
+  expected = accuracy + config.hardware.beta * np.abs(latency / 0.05 - 1)
+  np.testing.assert_allclose(on.rewards(dnas, accuracy), expected)
+  np.testing.assert_allclose(on.rewards(dnas, accuracy),
+                             rewards.reward("tunas", accuracy, on.costs(dnas),
+                                            {"latency_target_ms": 0.05, "beta": config.hardware.beta}))
+  _, _, mnas = _target(reward="mnas")
+  np.testing.assert_allclose(mnas.rewards(dnas, accuracy), accuracy * (latency / 0.05) ** -0.07)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("--config.hardware.target_latency_ms=-1", "must be positive"),
+    ("--config.hardware.reward=fast", "unknown --config.hardware.reward 'fast'"),
+    ("--config.hardware.beta=0.3", "needs beta <= 0"),
+    ("--config.hardware.cost_model=magic", "unknown cost model 'magic'"),
+])
+def test_bad_hardware_settings_are_one_line_and_write_nothing(override, needle, tmp_path, capsys):
+  workdir = tmp_path / "w"
+  code = cli.main(["search", "--config", os.path.join(REPO, "configs", "digits.py"), "--workdir",
+                   str(workdir), "--config.hardware.target_latency_ms=0.05", override])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
+  assert not workdir.exists()
+
+
+def test_search_reports_the_answers_latency_only_with_a_target(tmp_path):
+  config = tiny_config(num_steps=4, checkpoint_every=4)
+  plain = search.run(config, str(tmp_path / "plain"))
+  assert "latency_ms" not in plain
+  config.hardware.target_latency_ms = 0.05
+  result = search.run(config, str(tmp_path / "target"))
+  saved = json.loads((tmp_path / "target" / "search_result.json").read_text())
+  for key in ("latency_ms", "energy_mj", "target_latency_ms", "hardware_reward", "cost_model"):
+    assert saved[key] == result[key], key
+  space = spaces.build(config.space)
+  _, _, on = _target()
+  assert saved["latency_ms"] == pytest.approx(float(on.costs(np.asarray([saved["dna"]]))["latency_ms"][0]))
+
+
+@pytest.mark.slow
+def test_the_default_digits_search_answers_within_10_percent_of_the_target(tmp_path):
+  """Issue #13's bar, on the README's default config (children span ~0.025-0.35 ms on the default
+  device)."""
+  code = cli.main(["search", "--config", os.path.join(REPO, "configs", "digits.py"), "--workdir",
+                   str(tmp_path), "--config.hardware.target_latency_ms=0.08"])
+  assert code == 0
+  saved = json.loads((tmp_path / "search_result.json").read_text())
+  assert abs(saved["latency_ms"] / 0.08 - 1) <= 0.10, saved["latency_ms"]
+  assert saved["reward"] >= 0.85
