@@ -88,18 +88,18 @@ def _define(fv: flags.FlagValues) -> None:
   s = lambda name, help: flags.DEFINE_string(name, None, help, flag_values=fv)  # noqa: E731
   s("tpu", "TPU VM name (or config.launch.tpu).")
   s("zone", "Cloud zone, e.g. us-central2-b (or config.launch.zone).")
-  s("accelerator-type", "e.g. v4-32, v5litepod-16, v5p-8 (or config.launch.accelerator_type).")
-  s("runtime-version", "TPU software version; default by generation, see `launch/tpu.py`.")
+  s("accelerator_type", "e.g. v4-32, v5litepod-16, v5p-8 (or config.launch.accelerator_type).")
+  s("runtime_version", "TPU software version; default by generation, see `launch/tpu.py`.")
   s("project", "Google Cloud project; default: gcloud's configured project.")
   s("workdir", "Workdir for the remote search; gs://... recommended on pods. "
     "Default: workdirs/<tpu> in each worker's home.")
   s("source", "Local project directory to copy to the workers (default: this checkout).")
-  s("repo-url", "Git URL to clone on the workers instead of copying --source.")
-  s("fetch-dir", "Local directory that receives the workdir from worker 0 (default: workdirs).")
+  s("repo_url", "Git URL to clone on the workers instead of copying --source.")
+  s("fetch_dir", "Local directory that receives the workdir from worker 0 (default: workdirs).")
   flags.DEFINE_boolean("spot", None, "Use Spot capacity (preemptible, cheaper).", flag_values=fv)
   flags.DEFINE_boolean("queued", None, "Request the TPU as a queued resource and wait until it is "
                        "ACTIVE.", flag_values=fv)
-  flags.DEFINE_boolean("dry-run", False, "Print the commands and run nothing.", flag_values=fv)
+  flags.DEFINE_boolean("dry_run", False, "Print the commands and run nothing.", flag_values=fv)
   flags.DEFINE_boolean("keep", False, "Do not delete the TPU at the end (print the delete command).",
                        flag_values=fv)
 
@@ -110,7 +110,7 @@ def settings_from_flags(fv: flags.FlagValues, argv: Sequence[str]) -> Settings:
   section = configuration.section(config, "launch", LAUNCH_FIELDS)
 
   def pick(field: str) -> Any:
-    value = fv[field.replace("_", "-")].value
+    value = fv[field].value
     return section.get(field) if value is None else value
 
   values = {field: pick(field) for field in LAUNCH_FIELDS}
@@ -133,7 +133,7 @@ def settings_from_flags(fv: flags.FlagValues, argv: Sequence[str]) -> Settings:
     raise UserError(f"bad zone {zone!r}; use a Cloud zone like --zone=us-central2-b "
                     "(`gcloud compute tpus locations list` shows them)")
   generation, _ = parse_accelerator(values["accelerator_type"])
-  source, repo_url = fv["source"].value, fv["repo-url"].value
+  source, repo_url = fv["source"].value, fv["repo_url"].value
   if source and repo_url:
     raise UserError("--source and --repo-url both given; pass one (copy a local checkout, "
                     "or clone a repository on the workers)")
@@ -149,9 +149,9 @@ def settings_from_flags(fv: flags.FlagValues, argv: Sequence[str]) -> Settings:
       runtime_version=values["runtime_version"] or DEFAULT_RUNTIME[generation],
       config_path=os.path.abspath(config_path), config_arg=config_arg,
       overrides=tuple(config_overrides(argv, fv)), workdir=workdir,
-      fetch_dir=fv["fetch-dir"].value or "workdirs", project=values["project"],
+      fetch_dir=fv["fetch_dir"].value or "workdirs", project=values["project"],
       spot=bool(values["spot"]), queued=bool(values["queued"]), source=source, repo_url=repo_url,
-      keep=fv["keep"].value, dry_run=fv["dry-run"].value)
+      keep=fv["keep"].value, dry_run=fv["dry_run"].value)
 
 
 def _split_config_value(value: str) -> tuple[str, str]:

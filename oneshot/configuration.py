@@ -27,20 +27,26 @@ DEFAULT_CONFIG = os.path.join(CONFIGS_DIR, "digits.py")
 
 
 def parse_flags(argv: Sequence[str], define: Callable[[flags.FlagValues], None] | None = None,
-                *, command: str, config_required: bool = True) -> flags.FlagValues:
-  """Parses `argv` (without the program name); `define` adds the subcommand's own flags."""
-  argv = list(argv)
+                *, command: str, config_required: bool = True, with_config: bool = True,
+                required: Sequence[str] = ()) -> flags.FlagValues:
+  """Parses `argv` (without the program name) the one way every subcommand does: absl flags, spelled
+  with underscores or dashes (`--num-archs` = `--num_archs`), plus `--config FILE` and its
+  `--config.a.b=value` overrides unless `with_config` is False. `define` adds the subcommand's own
+  flags; each name in `required` must be given (one line otherwise)."""
+  argv = [_underscored(a) for a in argv]
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None if config_required else DEFAULT_CONFIG,
-                                  "Python config file with get_config().", flag_values=fv,
-                                  sys_argv=["oneshot"] + argv)
+  if with_config:
+    config_flags.DEFINE_config_file("config", None if config_required else DEFAULT_CONFIG,
+                                    "Python config file with get_config().", flag_values=fv,
+                                    sys_argv=["oneshot"] + argv)
   if define is not None:
     define(fv)
   if "--help" in argv or "-h" in argv:
-    print(f"usage: oneshot {command} [--config FILE] [--config.FIELD=VALUE ...] [flags]\n")
+    config_usage = " [--config FILE] [--config.FIELD=VALUE ...]" if with_config else ""
+    print(f"usage: oneshot {command}{config_usage} [flags]\n")
     print(fv.main_module_help() or fv.get_help())
     raise SystemExit(0)
-  path = _config_path(argv)
+  path = _config_path(argv) if with_config else None
   if path is not None and not os.path.isfile(path):
     raise UserError(f"config file {path} not found; give a Python file with get_config(), e.g. "
                     "--config configs/digits.py")
@@ -58,14 +64,24 @@ def parse_flags(argv: Sequence[str], define: Callable[[flags.FlagValues], None] 
     absl_logger.removeFilter(_drop_none_warning)
   if rest[1:]:
     raise UserError(f"unknown argument {rest[1]!r}; see `oneshot {command} --help`")
+  for name in required:
+    if fv[name].value is None:
+      raise UserError(f"--{name.replace('_', '-')} is required; see `oneshot {command} --help`")
+  if not with_config:
+    return fv
   if config_required and fv["config"].value is None and not fv.is_parsed():
     raise UserError("--config is required, e.g. --config configs/digits.py")
-  for name in fv:
-    flag = fv[name]
-    if getattr(flag, "required", False) and flag.value is None:
-      raise UserError(f"--{name} is required")
   load(fv)
   return fv
+
+
+def _underscored(arg: str) -> str:
+  """`--flag-name[=v]` -> `--flag_name[=v]` (absl names use underscores); values, `--config.*` overrides
+  and non-flags are left alone."""
+  if not arg.startswith("--") or arg.startswith("--config"):
+    return arg
+  name, eq, value = arg[2:].partition("=")
+  return "--" + name.replace("-", "_") + eq + value
 
 
 def load(fv: flags.FlagValues) -> ml_collections.ConfigDict:

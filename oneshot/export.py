@@ -15,7 +15,6 @@ cumulative average makes N batches give exactly the statistics of their union.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -28,8 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import flags
 
-from oneshot import io
+from oneshot import configuration, io
 from oneshot.errors import UserError
 
 ARCHITECTURE_FILE = "architecture.json"
@@ -41,23 +41,17 @@ CHILD_MODELS = {"mobilenet": ("oneshot.models.mobilenet", "MobileNet"),
                 "nasbench201": ("oneshot.models.nasbench201", "NasBench201")}
 
 
-class ArgumentParser(argparse.ArgumentParser):
-  """argparse whose errors are one-line `UserError`s (the CLI's convention) instead of usage + exit."""
-
-  def error(self, message: str) -> None:  # type: ignore[override]
-    raise UserError(f"{message}; see `{self.prog} --help`")
-
-
 def main(argv: Sequence[str]) -> int:
-  parser = ArgumentParser(prog="oneshot export", description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir", required=True, help="a search workdir (config.json + checkpoints)")
-  parser.add_argument("--dna", default=None,
-                      help="comma-separated choice indices (or the space's string); default: the "
-                           "search result's architecture")
-  parser.add_argument("--out", required=True, help="export directory to write")
-  parser.add_argument("--recalibrate-batches", type=int, default=20,
-                      help="train batches used to recompute the child's BatchNorm statistics")
-  args = parser.parse_args(list(argv))
+  def define(fv):
+    flags.DEFINE_string("workdir", None, "A search workdir (config.json + checkpoints).",
+                        flag_values=fv)
+    flags.DEFINE_string("dna", None, "Comma-separated choice indices (or the space's string); "
+                        "default: the search result's architecture.", flag_values=fv)
+    flags.DEFINE_string("out", None, "Export directory to write.", flag_values=fv)
+    flags.DEFINE_integer("recalibrate_batches", 20, "Train batches used to recompute the child's "
+                         "BatchNorm statistics.", flag_values=fv)
+  args = configuration.parse_flags(argv, define, command="export", with_config=False,
+                                   required=("workdir", "out"))
   record = export(args.workdir, args.out, dna_text=args.dna,
                   recalibrate_batches=args.recalibrate_batches)
   acc = record["validation_accuracy"]

@@ -37,32 +37,36 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from oneshot import export, io
+from oneshot import configuration, export, io
 from oneshot.errors import UserError
 from oneshot.spaces.core import DNA, Space
 
 
 def main(argv: Sequence[str]) -> int:
-  parser = export.ArgumentParser(prog="oneshot rank", description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir", required=True, help="a search workdir (config.json + checkpoints)")
-  parser.add_argument("--num-archs", type=int, default=20, help="architectures to score (K)")
-  parser.add_argument("--out", required=True, help="rank.json to write (rank.png goes next to it)")
-  parser.add_argument("--train-steps", type=int, default=None,
-                      help="stand-alone training steps per architecture (default: the config's "
-                           "train.standalone_steps, else train.num_steps)")
-  parser.add_argument("--recalibrate-batches", type=int, default=20,
-                      help="train batches for BatchNorm recalibration of every child")
-  parser.add_argument("--top-k", type=int, default=None, help="k of the top-k overlap (default K/4)")
-  parser.add_argument("--train-seeds", type=int, default=1,
-                      help="stand-alone trainings per architecture (scores are averaged; with 2 or "
-                           "more the report gives the seed-to-seed tau, the noise ceiling)")
-  parser.add_argument("--seed", type=int, default=0, help="seed of the architecture sample")
-  parser.add_argument("--reuse", default=None, metavar="RANK_JSON",
-                      help="an earlier rank.json with the same stand-alone setup (space, data, "
-                           "training, seeds): architectures it trained are not trained again, so "
-                           "several supernets are compared on one set of stand-alone scores")
-  args = parser.parse_args(list(argv))
+  def define(fv):
+    flags.DEFINE_string("workdir", None, "A search workdir (config.json + checkpoints).",
+                        flag_values=fv)
+    flags.DEFINE_integer("num_archs", 20, "Architectures to score (K).", flag_values=fv)
+    flags.DEFINE_string("out", None, "rank.json to write (rank.png goes next to it).",
+                        flag_values=fv)
+    flags.DEFINE_integer("train_steps", None, "Stand-alone training steps per architecture "
+                         "(default: the config's train.standalone_steps, else train.num_steps).",
+                         flag_values=fv)
+    flags.DEFINE_integer("recalibrate_batches", 20, "Train batches for BatchNorm recalibration of "
+                         "every child.", flag_values=fv)
+    flags.DEFINE_integer("top_k", None, "k of the top-k overlap (default K/4).", flag_values=fv)
+    flags.DEFINE_integer("train_seeds", 1, "Stand-alone trainings per architecture (scores are "
+                         "averaged; with 2 or more the report gives the seed-to-seed tau, the noise "
+                         "ceiling).", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Seed of the architecture sample.", flag_values=fv)
+    flags.DEFINE_string("reuse", None, "An earlier rank.json with the same stand-alone setup (space, "
+                        "data, training, seeds): architectures it trained are not trained again, so "
+                        "several supernets are compared on one set of stand-alone scores.",
+                        flag_values=fv)
+  args = configuration.parse_flags(argv, define, command="rank", with_config=False,
+                                   required=("workdir", "out"))
   report = run(args.workdir, args.num_archs, args.out, train_steps=args.train_steps,
                recalibrate_batches=args.recalibrate_batches, top_k=args.top_k, seed=args.seed,
                train_seeds=args.train_seeds, reuse=args.reuse)

@@ -30,10 +30,10 @@ def main(argv: Sequence[str]) -> int:
   def define(fv):
     flags.DEFINE_string("workdir", None, "Output directory; an existing one is resumed.",
                         flag_values=fv, required=False)
-    flags.DEFINE_boolean("dry-run", False, "Check the config (names, types, dataset, supernet) and "
+    flags.DEFINE_boolean("dry_run", False, "Check the config (names, types, dataset, supernet) and "
                          "exit without training or writing anything.", flag_values=fv)
   fv = configuration.parse_flags(argv, define, command="search", config_required=False)
-  if fv["dry-run"].value:
+  if fv["dry_run"].value:
     sess = check(fv.config)
     print(f"config OK: {sess.space.num_decisions}-decision {fv.config.space.name} space on "
           f"{fv.config.dataset.name}, {sess.num_devices} devices; nothing written")

@@ -10,7 +10,6 @@ training run), and the score is the best reward seen after the last one. Example
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -19,7 +18,9 @@ import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from absl import flags
 
+from oneshot import configuration
 from oneshot.errors import UserError
 
 ALGORITHMS = ("random", "evolution", "tunas", "enas")
@@ -81,36 +82,28 @@ SPACES: dict[str, dict[str, Any]] = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse whose errors are one-line UserErrors, like every other command's."""
-
-  def error(self, message: str):
-    raise UserError(f"{message}; see `oneshot tabular --help`")
-
-
-def _parser() -> argparse.ArgumentParser:
-  p = _Parser(prog="oneshot tabular", description=__doc__.split("\n\n", 1)[0],
-              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--space", default="nasbench201", choices=sorted(SPACES))
-  p.add_argument("--table", required=True, help="CSV file with a header row")
-  p.add_argument("--arch-column", required=True, help="column with the architecture strings")
-  p.add_argument("--reward-column", required=True, help="column with the rewards (higher is better)")
-  p.add_argument("--algorithm", action="append", default=None,
-                 help=f"repeatable or comma list of {', '.join(ALGORITHMS)} (default: all four)")
-  p.add_argument("--budget", type=int, default=100, help="reward queries per run (default 100)")
-  p.add_argument("--seeds", type=int, default=10, help="runs per algorithm (default 10)")
-  p.add_argument("--first-seed", type=int, default=0, help="seeds are first..first+seeds-1")
-  p.add_argument("--set", action="append", default=[], metavar="ALGO.KEY=VALUE",
-                 help="override a hyperparameter, e.g. --set tunas.learning_rate=0.2")
-  p.add_argument("--retries", type=int, default=RETRIES,
-                 help="re-propose an already queried architecture up to this many times, for every "
-                      f"algorithm alike (default {RETRIES}; 0: query repeats)")
-  p.add_argument("--out", default=None, help="write per-seed trajectories as JSON here")
-  return p
+def _define(fv: flags.FlagValues) -> None:
+  flags.DEFINE_enum("space", "nasbench201", sorted(SPACES), "The table's search space.",
+                    flag_values=fv)
+  flags.DEFINE_string("table", None, "CSV file with a header row.", flag_values=fv)
+  flags.DEFINE_string("arch_column", None, "Column with the architecture strings.", flag_values=fv)
+  flags.DEFINE_string("reward_column", None, "Column with the rewards (higher is better).",
+                      flag_values=fv)
+  flags.DEFINE_multi_string("algorithm", None, f"Repeatable or comma list of {', '.join(ALGORITHMS)} "
+                            "(default: all four).", flag_values=fv)
+  flags.DEFINE_integer("budget", 100, "Reward queries per run.", flag_values=fv)
+  flags.DEFINE_integer("seeds", 10, "Runs per algorithm.", flag_values=fv)
+  flags.DEFINE_integer("first_seed", 0, "Seeds are first..first+seeds-1.", flag_values=fv)
+  flags.DEFINE_multi_string("set", [], "ALGO.KEY=VALUE: override a hyperparameter, e.g. --set "
+                            "tunas.learning_rate=0.2 (repeatable).", flag_values=fv)
+  flags.DEFINE_integer("retries", RETRIES, "Re-propose an already queried architecture up to this "
+                       "many times, for every algorithm alike (0: query repeats).", flag_values=fv)
+  flags.DEFINE_string("out", None, "Write per-seed trajectories as JSON here.", flag_values=fv)
 
 
 def main(argv: Sequence[str]) -> int:
-  args = _parser().parse_args(list(argv))
+  args = configuration.parse_flags(argv, _define, command="tabular", with_config=False,
+                                   required=("table", "arch_column", "reward_column"))
   algorithms = _algorithms(args.algorithm)
   if args.budget < 1:
     raise UserError(f"--budget is {args.budget}; it must be >= 1")

@@ -38,9 +38,6 @@ def main(argv: Sequence[str]) -> int:
     flags.DEFINE_bool("init_from_export", False,
                       "Fine-tune from the exported weights instead of a fresh initialisation.",
                       flag_values=fv)
-  # The issue spells it --init-from-export; absl spells flags with underscores. Accept both.
-  argv = [a.replace("init-from-export", "init_from_export", 1)
-          if a.lstrip("-").startswith(("init-from-export", "noinit-from-export")) else a for a in argv]
   fv = configuration.parse_flags(argv, define, command="train", config_required=False)
   if not fv.arch:
     raise UserError("--arch is required: a directory written by `oneshot export --out DIR`")

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -27,10 +28,18 @@ def test_no_module_imports_the_folders_as_top_level_packages():
 
 
 def test_the_wheel_installs_only_the_oneshot_package(tmp_path):
+  # Built from a copy of the tracked files: an in-tree build would leave build/ in the checkout.
+  source = tmp_path / "src"
+  tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout.split()
+  for name in tracked:
+    (source / name).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(os.path.join(REPO, name), source / name)
   subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                  "-w", str(tmp_path), REPO], check=True, capture_output=True, timeout=300)
-  (wheel,) = [p for p in os.listdir(tmp_path) if p.endswith(".whl")]
-  with zipfile.ZipFile(tmp_path / wheel) as z:
+                  "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True,
+                 timeout=300)
+  (wheel,) = [p for p in os.listdir(tmp_path / "dist") if p.endswith(".whl")]
+  with zipfile.ZipFile(tmp_path / "dist" / wheel) as z:
     names = z.namelist()
     top_level = [n for n in names if n.endswith("top_level.txt")]
     tops = {n.split("/")[0] for n in names if ".dist-info/" not in n}
