@@ -66,7 +66,6 @@ def test_search_reports_the_answers_latency_only_with_a_target(tmp_path):
   saved = json.loads((tmp_path / "target" / "search_result.json").read_text())
   for key in ("latency_ms", "energy_mj", "target_latency_ms", "hardware_reward", "cost_model"):
     assert saved[key] == result[key], key
-  space = spaces.build(config.space)
   _, _, on = _target()
   assert saved["latency_ms"] == pytest.approx(float(on.costs(np.asarray([saved["dna"]]))["latency_ms"][0]))
 

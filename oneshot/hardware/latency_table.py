@@ -22,7 +22,6 @@ fixed); energy and area stay analytical, so reward targets for latency must be i
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
