@@ -39,8 +39,9 @@ def get_config():
   c.train.batch_size = 128
   c.train.reward_batch_size = 128
   c.train.eval_batch_size = 128      # = reward batch: one compiled forward for rewards and selection
-  # One reward path per controller update: with two, the controller phase took 0.44 s a step and the
-  # search 1019 s; with one, 0.34 s and 766 s at an equal reward (0.8860 vs 0.8868, one seed each).
+  # One reward path per controller update: with two, a controller-phase step took 0.44 s and the
+  # README command 1019 s (cold caches); with one, 0.34 s and 870 s, at an equal reward (0.8868 with
+  # two, 0.8860 with one; one seed each).
   c.train.reward_paths_per_device = 1
   c.train.log_every = 50
   c.train.checkpoint_every = 200
