@@ -19,7 +19,7 @@ import numpy as np
 from oneshot import data
 from oneshot.errors import UserError
 
-PREFIX = "arrays-"
+PREFIX = data.IN_MEMORY_ARRAYS_PREFIX
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,10 +56,11 @@ class Arrays:
       raise UserError(f"Arrays: every split needs the same image shape; got {shapes}")
     return out
 
-  def fingerprint(self) -> str:
-    """sha256 of every split's shapes, dtypes and bytes: the identity a workdir records."""
+  def fingerprint(self, splits: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> str:
+    """sha256 of every split's shapes, dtypes and bytes: the identity a workdir records. `splits`:
+    this object's `splits()`, when the caller already has them."""
     digest = hashlib.sha256()
-    for role, (images, labels) in self.splits().items():
+    for role, (images, labels) in (splits or self.splits()).items():
       for array in (images, labels):
         digest.update(f"{role}{array.shape}{array.dtype}".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
@@ -73,7 +74,7 @@ class Arrays:
     if num_classes < top:
       raise UserError(f"Arrays: a label is {top - 1} but num_classes={num_classes}; raise num_classes "
                       "or leave it None")
-    return data.in_memory_dataset(PREFIX + self.fingerprint()[:16], splits, num_classes)
+    return data.in_memory_dataset(PREFIX + self.fingerprint(splits)[:16], splits, num_classes)
 
 
 @contextlib.contextmanager

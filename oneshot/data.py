@@ -331,6 +331,7 @@ class Dataset:
 
 # Datasets held in memory by name (`oneshot.arrays.serving`): `load` answers these names with them.
 IN_MEMORY: dict[str, Dataset] = {}
+IN_MEMORY_ARRAYS_PREFIX = "arrays-"  # the names `oneshot.arrays` gives them
 
 
 def in_memory_dataset(name: str, splits: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -365,7 +366,7 @@ def load(config: Any) -> Dataset:
   name = str(name)
   if name in IN_MEMORY:
     return IN_MEMORY[name]
-  if name.startswith("arrays-"):
+  if name.startswith(IN_MEMORY_ARRAYS_PREFIX):
     raise UserError(f"dataset {name!r} was numpy arrays handed to the Python API; pass the same arrays "
                     "again, from Python: oneshot.api.search/export(..., data=Arrays(...))")
   data_dir = _field(config, "data_dir", None) or None

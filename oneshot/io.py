@@ -40,8 +40,13 @@ def write_bytes(path: str, data: bytes) -> None:
   except OSError as e:
     if tmp is not None and os.path.exists(tmp):
       os.remove(tmp)
-    raise UserError(f"cannot write {path}: {e.strerror}; check that the directory is writable and "
-                    "the disk is not full") from None
+    raise write_error(path, e) from None
+
+
+def write_error(path: str, e: OSError, resumable: bool = False) -> UserError:
+  """The one line for a failed write; `resumable` where a run can simply be started again."""
+  return UserError(f"cannot write {path}: {e.strerror}; check that the directory is writable and the "
+                   "disk is not full" + (", then run the same command to resume" if resumable else ""))
 
 
 def _default(value: Any) -> Any:
@@ -102,8 +107,7 @@ class MetricsLog:
       self._file.write(json.dumps(row, default=_default) + "\n")
       self._file.flush()
     except OSError as e:  # a cut line is dropped on resume (see __init__)
-      raise UserError(f"cannot write {self.path}: {e.strerror}; check that the directory is writable "
-                      "and the disk is not full, then run the same command to resume") from None
+      raise write_error(self.path, e, resumable=True) from None
     if self._tensorboard is not None:
       numbers = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
       self._tensorboard.write(int(row["step"]), {**numbers, **(scalars or {})})
@@ -137,8 +141,7 @@ class _EventFile:
       os.makedirs(directory, exist_ok=True)
       self._file = open(self.path, "ab")
     except OSError as e:
-      raise UserError(f"cannot write {self.path}: {e.strerror}; check that the directory is writable "
-                      "and the disk is not full") from None
+      raise write_error(self.path, e) from None
     self._write(first)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
@@ -158,9 +161,7 @@ class _EventFile:
                          + struct.pack("I", masked_crc32c(data)))
       self._file.flush()
     except OSError as e:
-      raise UserError(f"cannot write {self.path}: {e.strerror}; check that the directory is "
-                      "writable and the disk is not full, then run the same command to resume"
-                      ) from None
+      raise write_error(self.path, e, resumable=True) from None
 
   def close(self) -> None:
     self._file.close()
