@@ -22,11 +22,13 @@ from typing import Any
 import ml_collections
 
 from oneshot import arrays as arrays_lib
+from oneshot import nas
 from oneshot.arrays import Arrays
 from oneshot.configuration import CONFIGS_DIR as _CONFIGS_DIR
 from oneshot.errors import UserError
 
-__all__ = ["Arrays", "ExportResult", "SearchResult", "export", "get_config", "load", "search"]
+__all__ = ["Arrays", "ExportResult", "SearchResult", "export", "get_config", "load", "search",
+           "supernet_logits"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,17 +76,17 @@ def get_config(name: str = "digits", **overrides: Any) -> ml_collections.ConfigD
   return config
 
 
-def search(config: ml_collections.ConfigDict, workdir: str,
-           data: Arrays | None = None) -> SearchResult | None:
+def search(config: ml_collections.ConfigDict, workdir: str, data: Arrays | None = None,
+           model: Any = None) -> SearchResult | None:
   """Runs (or resumes) `oneshot search`; None when it was stopped (SIGTERM) before the end.
 
-  `data`: your own numpy arrays instead of `config.dataset` (a resume needs the same arrays again)."""
+  `data`: your own numpy arrays instead of `config.dataset` (a resume needs the same arrays again).
+  `model`: your own Flax module with `oneshot.nas.Choice` points, searched instead of `config.space`."""
   from oneshot import search as search_lib  # pylint: disable=import-outside-toplevel
-  with arrays_lib.serving(data) as section:
-    if section is not None:
-      config = ml_collections.ConfigDict(config.to_dict())
-      config.dataset = section
-      _require_same_arrays(workdir, section["name"])
+  with arrays_lib.serving(data) as dataset, nas.serving(model) as space:
+    config = _with_sections(config, dataset, space)
+    if dataset is not None:
+      _require_same_arrays(workdir, dataset["name"])
     record = search_lib.run(config, workdir)
   if record is None:
     return None
@@ -96,6 +98,19 @@ def search(config: ml_collections.ConfigDict, workdir: str,
                       reward=float(record["reward"]), steps=int(record["steps"]),
                       wall_seconds=float(record["wall_seconds"]), workdir=workdir, files=files,
                       record=record)
+
+
+def _with_sections(config: ml_collections.ConfigDict, dataset: dict | None,
+                   space: dict | None) -> ml_collections.ConfigDict:
+  """A copy of `config` whose dataset and space sections name the served arrays and module."""
+  if dataset is None and space is None:
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  if dataset is not None:
+    config.dataset = dataset
+  if space is not None:
+    config.space = space
+  return config
 
 
 def _require_same_arrays(workdir: str, name: str) -> None:
@@ -110,12 +125,12 @@ def _require_same_arrays(workdir: str, name: str) -> None:
 
 
 def export(workdir: str, out: str, *, dna: str | None = None, recalibrate_batches: int = 20,
-           data: Arrays | None = None) -> ExportResult:
+           data: Arrays | None = None, model: Any = None) -> ExportResult:
   """`oneshot export`: the search's answer (or `dna`, the space's string or comma-separated choices) as
-  a standalone child model with recalibrated BatchNorm, written to `out`. `data`: the arrays the
-  search ran on, if it ran on arrays."""
+  a standalone child model with recalibrated BatchNorm, written to `out`. `data` and `model`: the
+  arrays and the module the search ran on, if it ran on yours."""
   from oneshot import export as export_lib  # pylint: disable=import-outside-toplevel
-  with arrays_lib.serving(data):
+  with arrays_lib.serving(data), nas.serving(model):
     record = export_lib.export(workdir, out, dna_text=dna, recalibrate_batches=recalibrate_batches)
   return ExportResult(directory=os.path.abspath(out), architecture=record["string"],
                       num_params=int(record["num_params"]),
@@ -123,7 +138,31 @@ def export(workdir: str, out: str, *, dna: str | None = None, recalibrate_batche
                       record=record)
 
 
-def load(directory: str) -> tuple[Any, dict]:
-  """(model, variables) of an export: `model.apply(variables, images, train=False)` gives logits."""
+def load(directory: str, model: Any = None) -> tuple[Any, dict]:
+  """(model, variables) of an export: `model.apply(variables, images, train=False)` gives logits.
+  `model`: an instance of your module, for an export of your own search space (default: imported by
+  the name architecture.json keeps, which fails for a class defined in a script)."""
   from oneshot import export as export_lib  # pylint: disable=import-outside-toplevel
-  return export_lib.load(directory)
+  return export_lib.load(directory, model)
+
+
+def supernet_logits(workdir: str, images: Any, dna: Any = None, *, data: Arrays | None = None,
+                    model: Any = None) -> Any:
+  """Logits of the trained supernet on path `dna` (default: the search's answer) for `images`
+  [batch, H, W, C], with batch-statistics BatchNorm as in the search: an exported child applied with
+  `train=True` gives the same numbers."""
+  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp
+  from oneshot import session as session_lib
+  from oneshot import spaces
+  with arrays_lib.serving(data), nas.serving(model):
+    config = session_lib.load_search_config(workdir)
+    space = spaces.build(config.space)
+    if dna is None:
+      with open(os.path.join(workdir, "search_result.json")) as f:
+        dna = space.from_json(json.load(f))
+    dna = space.parse(dna) if isinstance(dna, str) else space.validate(dna)
+    sess = session_lib.build(config)
+    params = session_lib.restore_params(sess, workdir)["params"]
+    return sess.model.apply(sess.variables(params), jnp.asarray(images, jnp.float32),
+                            jnp.asarray(dna, jnp.int32))

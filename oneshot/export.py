@@ -38,7 +38,8 @@ FORMAT_VERSION = 1
 # space name -> (module, class) of its standalone child; looked up by name so a JSON file never chooses
 # what gets imported.
 CHILD_MODELS = {"mobilenet": ("oneshot.models.mobilenet", "MobileNet"),
-                "nasbench201": ("oneshot.models.nasbench201", "NasBench201")}
+                "nasbench201": ("oneshot.models.nasbench201", "NasBench201"),
+                "module": ("oneshot.nas", "FixedArchitecture")}  # your module, `skeleton['module']`
 
 
 def main(argv: Sequence[str]) -> int:
@@ -181,9 +182,15 @@ def read_architecture(directory: str) -> dict:
   return record
 
 
-def build_model(record: dict) -> Any:
-  """The child Flax module described by an architecture.json record (oneshot.models only)."""
+def build_model(record: dict, model: Any = None) -> Any:
+  """The child Flax module described by an architecture.json record (oneshot.models only; for a
+  `module` space, your module: `model` if given, else imported from the name the record keeps)."""
   from oneshot.models import ops  # pylint: disable=import-outside-toplevel
+  if record["space"] == "module":
+    from oneshot import nas  # pylint: disable=import-outside-toplevel
+    sk = record["skeleton"]
+    net = nas.resolve(sk["module"], sk["kwargs"]) if model is None else model
+    return nas.FixedArchitecture(net, record["architecture"])
   module, name = CHILD_MODELS[record["space"]]
   cls = getattr(importlib.import_module(module), name)
   kwargs = dict(skeleton=record["skeleton"], values=record["architecture"],
@@ -199,10 +206,11 @@ def init_shapes(model: Any, image_shape: Sequence[int]) -> dict:
                         jnp.zeros((1,) + tuple(int(d) for d in image_shape), jnp.float32))
 
 
-def load(directory: str) -> tuple[Any, dict]:
-  """(model, variables) of an export: `model.apply(variables, images, train=False)` gives logits."""
+def load(directory: str, model: Any = None) -> tuple[Any, dict]:
+  """(model, variables) of an export: `model.apply(variables, images, train=False)` gives logits.
+  `model`: for an export of your own module, an instance of it (default: imported by its name)."""
   record = read_architecture(directory)
-  model = build_model(record)
+  model = build_model(record, model)
   abstract = init_shapes(model, record["image_shape"])
   path = os.path.join(os.path.abspath(directory), record.get("checkpoint", CHECKPOINT_DIR))
   if not os.path.isdir(path):
@@ -226,16 +234,29 @@ class ChildRunner:
   of that child (rank scores the same child with supernet and with stand-alone weights)."""
 
   def __init__(self, model: Any):
+    from oneshot import nas  # pylint: disable=import-outside-toplevel
+    from oneshot.models import ops  # pylint: disable=import-outside-toplevel
     self.model = model
+    # Our models' BatchNorms use ops.BN_MOMENTUM; your own module's may use any momentum.
+    self.momentum = None if isinstance(model, nas.FixedArchitecture) else ops.BN_MOMENTUM
+
+    def update(variables, image, start):
+      stats = jax.tree.map(lambda x: jnp.full_like(x, start), variables["batch_stats"])
+      _, new = model.apply({**variables, "batch_stats": stats}, image, train=True,
+                           mutable=["batch_stats"])
+      return new["batch_stats"]
 
     @jax.jit
     def batch_moments(variables, image):
       # Every BN layer's batch mean and variance, read through its running-average update: starting
-      # from zeros, one update stores (1 - momentum) * batch statistic.
-      zeros = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
-      _, new = model.apply({**variables, "batch_stats": zeros}, image, train=True,
-                           mutable=["batch_stats"])
-      return new["batch_stats"]
+      # from zeros, one update stores (1 - momentum) * batch statistic. With the momentum unknown, a
+      # second update starting from ones stores momentum + (1 - momentum) * statistic: the difference
+      # is the momentum.
+      low = update(variables, image, 0.0)
+      if self.momentum is not None:
+        return low
+      high = update(variables, image, 1.0)
+      return jax.tree.map(lambda lo, hi: lo / (1.0 - (hi - lo)), low, high)
 
     @jax.jit
     def correct(variables, image, label, mask):
@@ -251,8 +272,9 @@ class ChildRunner:
     Per layer, the variance of the union of equal-sized batches is the mean of the batch variances plus
     the variance of the batch means (accumulated in float64, so no E[x^2] - E[x]^2 cancellation).
     """
-    from oneshot.models import ops  # pylint: disable=import-outside-toplevel
-    scale = 1.0 / (1.0 - ops.BN_MOMENTUM)
+    if "batch_stats" not in variables:
+      return variables  # no BatchNorm: nothing to recalibrate
+    scale = 1.0 if self.momentum is None else 1.0 / (1.0 - self.momentum)
     per_batch = [jax.device_get(self._moments(variables, batch["image"])) for batch in batches]
     if not per_batch:
       raise UserError("BN recalibration needs at least one batch")

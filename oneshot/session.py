@@ -79,6 +79,11 @@ def controller_updates(config: ml_collections.ConfigDict) -> int:
 
 
 def build(config: ml_collections.ConfigDict) -> Session:
+  dataset = None
+  if config.space.get("name") == "module" and not config.space.get("input_shape"):
+    dataset = data.load(config.dataset)  # your module's choices are found by tracing it on one example
+    with config.unlocked():
+      config.space.input_shape = tuple(int(d) for d in dataset.image_shape)
   space = spaces.build(config.space)
   supernet.resolve_executor(config.supernet.executor)
   supernet.resolve_depthwise(config.supernet.depthwise)
@@ -89,7 +94,7 @@ def build(config: ml_collections.ConfigDict) -> Session:
                     "runs its own path, so averaging BatchNorm statistics across devices would mix "
                     "different networks (and put collectives inside per-device branches); remove it "
                     "(each device normalises with its own path's batch statistics, as TuNAS)")
-  dataset = data.load(config.dataset)
+  dataset = dataset or data.load(config.dataset)
   mesh = steps.make_mesh(int(config.get("num_devices", 0)))
   n = mesh.devices.size
   for name in ("batch_size", "reward_batch_size"):
@@ -103,6 +108,8 @@ def build(config: ml_collections.ConfigDict) -> Session:
   variables = jax.jit(model.init)(jax.random.PRNGKey(config.seed),
                                   dummy, jnp.zeros(space.num_decisions, jnp.int32))
   params = variables.pop("params")
+  if space.name == "module":
+    _check_module_output(model, params, variables, dummy, space, dataset)
   return Session(config=config, space=space, dataset=dataset, model=model, controller=controller,
                  mesh=mesh, frozen=steps.replicate(mesh, dict(variables)),
                  initial_params=steps.replicate(mesh, params))
@@ -191,3 +198,13 @@ def restore_params(session: Session, workdir: str):
   if restored is None:
     raise UserError(f"no readable checkpoint in {workdir}/checkpoints; re-run the search")
   return restored[1]
+
+
+def _check_module_output(model, params, variables, dummy, space: Space, dataset: data.Dataset) -> None:
+  """Your module must map [batch, H, W, C] images to [batch, num_classes] logits."""
+  out = jax.eval_shape(lambda p: model.apply({"params": p, **variables}, dummy,
+                                             jnp.zeros(space.num_decisions, jnp.int32)), params)
+  if getattr(out, "shape", None) != (1, dataset.num_classes):
+    raise UserError(f"{space.skeleton['module']} returns {getattr(out, 'shape', type(out).__name__)} "
+                    f"for one image; it must return logits of shape (batch, {dataset.num_classes}) for "
+                    f"the {dataset.num_classes} classes of {dataset.name}")

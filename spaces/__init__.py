@@ -9,9 +9,10 @@ from oneshot.spaces.core import DNA, Decision, Space
 
 
 def _builders() -> dict[str, Callable[[Mapping[str, Any]], Space]]:
-  from oneshot.spaces import accelerator, mobilenet, nasbench201  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from oneshot.spaces import accelerator, mobilenet, module, nasbench201
   return {"mobilenet": mobilenet.build, "nasbench201": nasbench201.build,
-          "accelerator": accelerator.build}
+          "accelerator": accelerator.build, "module": module.build}
 
 
 def build(config: Mapping[str, Any]) -> Space:

@@ -56,11 +56,15 @@ DEPTHWISE_SHARING = ("centre", "separate")
 
 
 def build(space: Space, num_classes: int, image_channels: int, executor: str = "auto",
-          depthwise: str = "auto", depthwise_sharing: str = "centre") -> nn.Module:
+          depthwise: str = "auto", depthwise_sharing: str = "centre") -> Any:
   """The supernet of `space`. `depthwise_sharing` (mobilenet): kernel sizes share the centre of one
   largest depthwise kernel (Once-for-All) or each has its own kernel and BatchNorm (TuNAS)."""
-  supernet_cls, _, _ = _modules(space.name)
   executor = resolve_executor(executor)
+  if space.name == "module":  # your own Flax module: choices are flax.linen.switch or a masked sum
+    from oneshot.supernet import module  # pylint: disable=import-outside-toplevel
+    return module.ModuleSupernet(space, module.net(space),
+                                 "mask" if executor == "mask" else "switch")
+  supernet_cls, _, _ = _modules(space.name)
   if depthwise_sharing not in DEPTHWISE_SHARING:
     raise UserError(f"unknown depthwise sharing {depthwise_sharing!r}; set "
                     f"--config.supernet.depthwise_sharing to one of {list(DEPTHWISE_SHARING)}")
@@ -74,12 +78,18 @@ def build(space: Space, num_classes: int, image_channels: int, executor: str = "
 
 def child_variables(space: Space, variables: dict, dna: Any) -> dict:
   """The supernet's variables sliced to the child `dna`: exactly the child model's tree."""
+  if space.name == "module":
+    from oneshot.supernet import module  # pylint: disable=import-outside-toplevel
+    return module.child_variables(space, variables, space.validate(dna))
   return _modules(space.name)[1](space, variables, space.validate(dna))
 
 
 def child_model(space: Space, dna: Any, num_classes: int, image_channels: int,
                 depthwise: str = "auto") -> nn.Module:
   """The standalone child network of `dna` (no supernet code on its forward path)."""
+  if space.name == "module":
+    from oneshot.supernet import module  # pylint: disable=import-outside-toplevel
+    return module.child_model(space, dna)
   cls = _modules(space.name)[2]
   kwargs = dict(skeleton=dict(space.skeleton), values=space.to_values(dna),
                 num_classes=num_classes, image_channels=image_channels)
