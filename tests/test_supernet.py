@@ -112,6 +112,37 @@ def test_separate_depthwise_weights_per_kernel_match_the_child(executor):
   assert float(jnp.abs(grads["block0_depthwise_k7"]["kernel"]).sum()) == 0
 
 
+@pytest.mark.parametrize("executor", ["switch", "mask"])
+def test_kernel_transform_matches_the_child(executor):
+  """Once-for-All's sharing: a smaller kernel is the larger one's centre through a learned matrix; the
+  child's kernel is the transformed one, and its gradient reaches the matrices."""
+  model = supernet.build(SPACE, 10, 1, executor, "shift", "transform")
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), X, jnp.zeros(SPACE.num_decisions, jnp.int32))
+  params = variables["params"]
+  assert params["block0_transform"]["k5"].shape == (25, 25) and "k7" not in params["block0_transform"]
+  np.testing.assert_array_equal(params["block0_transform"]["k3"], np.eye(9))  # starts as the slice
+  # Non-identity matrices, so the test can tell a transformed kernel from a plain centre slice.
+  params = jax.tree.map(lambda p: p, params)
+  for name in [n for n in params if n.endswith("_transform")]:
+    params[name] = {k: m + 0.1 * jax.random.normal(jax.random.PRNGKey(len(k)), m.shape)
+                    for k, m in params[name].items()}
+  variables = {**variables, "params": params}
+  forward = jax.jit(model.apply)
+  rng = np.random.default_rng(4)
+  for dna in [SPACE.sample(rng) for _ in range(3)] + [tuple([0] * SPACE.num_decisions)]:
+    child = supernet.child_model(SPACE, dna, 10, 1, "shift")
+    child_vars = supernet.child_variables(SPACE, variables, dna)
+    assert not any(n.endswith("_transform") for n in child_vars["params"])
+    expected, _ = child.apply(child_vars, X, mutable=["batch_stats"])
+    np.testing.assert_allclose(forward(variables, X, jnp.asarray(dna)), expected, atol=1e-5, rtol=1e-5)
+  dna = [0] * SPACE.num_decisions
+  dna[SPACE.names.index("block0/kernel")] = 0  # k3: through both matrices
+  grads = jax.jit(jax.grad(lambda p: _loss(model.apply({**variables, "params": p}, X,
+                                                       jnp.asarray(dna)))))(params)
+  assert float(jnp.abs(grads["block0_transform"]["k3"]).sum()) > 0
+  assert float(jnp.abs(grads["block0_transform"]["k5"]).sum()) > 0
+
+
 def test_blocks_keep_their_residual_when_depth_is_not_searched():
   """allow_skip=False removes the skip decisions, not the residual of stride-1, equal-width blocks."""
   from oneshot.models.mobilenet import plan  # pylint: disable=import-outside-toplevel

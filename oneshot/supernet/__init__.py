@@ -52,13 +52,14 @@ def _modules(space_name: str) -> tuple[type, Callable, type]:
   raise UserError(f"space {space_name!r} has no supernet; use mobilenet or nasbench201")
 
 
-DEPTHWISE_SHARING = ("centre", "separate")
+DEPTHWISE_SHARING = ("centre", "transform", "separate")
 
 
 def build(space: Space, num_classes: int, image_channels: int, executor: str = "auto",
           depthwise: str = "auto", depthwise_sharing: str = "centre") -> Any:
   """The supernet of `space`. `depthwise_sharing` (mobilenet): kernel sizes share the centre of one
-  largest depthwise kernel (Once-for-All) or each has its own kernel and BatchNorm (TuNAS)."""
+  largest depthwise kernel, the same through Once-for-All's learned kernel transformation, or each
+  has its own kernel and BatchNorm (TuNAS)."""
   executor = resolve_executor(executor)
   if space.name == "module":  # your own Flax module: choices are flax.linen.switch or a masked sum
     from oneshot.supernet import module  # pylint: disable=import-outside-toplevel

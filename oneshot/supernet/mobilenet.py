@@ -44,7 +44,9 @@ class MobileNetSupernet(nn.Module):
   image_channels: int
   executor: str = "mask"
   depthwise_impl: str = "xla"
-  depthwise_sharing: str = "centre"  # "centre" (OFA: slices of one kmax kernel) | "separate" (TuNAS)
+  # "centre" (slices of one kmax kernel) | "transform" (OFA: the slices through learned per-layer kernel
+  # transformation matrices) | "separate" (TuNAS: one kernel per size)
+  depthwise_sharing: str = "centre"
 
   def setup(self):
     sk = self.space.skeleton
@@ -53,7 +55,7 @@ class MobileNetSupernet(nn.Module):
     wmax = max(float(w) for w in sk["width_multipliers"])
     stem = int(sk["stem_filters"])
     self.stem = ConvBN((3, 3, self.image_channels, stem))
-    layers = {}
+    layers, transforms = {}, {}
     cin = stem
     max_channels = []
     for i, blk in enumerate(sk["blocks"]):
@@ -66,10 +68,14 @@ class MobileNetSupernet(nn.Module):
       else:
         layers[f"block{i}_depthwise"] = ConvBN((self.kmax, self.kmax, cin * self.emax),
                                                name=f"block{i}_depthwise")
+      if self.depthwise_sharing == "transform":
+        transforms[f"block{i}"] = KernelTransform(tuple(sk["kernel_sizes"]),
+                                                  name=f"block{i}_transform")
       layers[f"block{i}_project"] = ConvBN((1, 1, cin * self.emax, cout), name=f"block{i}_project")
       max_channels.append((cin, cout))
       cin = cout
     self.layers = layers
+    self.transforms = transforms
     self.max_channels = tuple(max_channels)
     head = int(sk.get("head_filters", 0))
     if head:
@@ -87,6 +93,7 @@ class MobileNetSupernet(nn.Module):
     # Read the weights here, outside any jax transform: flax sets submodules up lazily, and a setup
     # inside jax.checkpoint/lax.switch would leak tracers at init.
     weights = {name: _Weights(layer) for name, layer in self.layers.items()}
+    weights.update({f"{name}_transform": t.matrices() for name, t in self.transforms.items()})
     # (index of the input width choice, possible input widths): the stem is not searched.
     cin_idx, cin_choices = jnp.zeros((), jnp.int32), (int(sk["stem_filters"]),)
     for i, blk in enumerate(sk["blocks"]):
@@ -123,6 +130,9 @@ class MobileNetSupernet(nn.Module):
         w = weights[f"block{i}_depthwise_k{k}"]
         return w.kernel[:, :, :hidden], w.scale[:hidden], w.bias[:hidden]
       w, off = weights[f"block{i}_depthwise"], (self.kmax - k) // 2
+      if self.depthwise_sharing == "transform":
+        kern = transform_kernel(w.kernel[:, :, :hidden], weights[f"block{i}_transform"], k)
+        return kern, w.scale[:hidden], w.bias[:hidden]
       return w.kernel[off:off + k, off:off + k, :hidden], w.scale[:hidden], w.bias[:hidden]
 
     def run(x, c_in, e, k, c_out, k_mask=None, hidden_mask=None, out_mask=None, depthwise=None):
@@ -150,7 +160,7 @@ class MobileNetSupernet(nn.Module):
       hidden_mask = (jnp.arange(cin_max * self.emax) < hidden_active).astype(x.dtype)
       out_mask = (jnp.arange(cout_max) < jnp.asarray(cout_choices)[w_idx]).astype(x.dtype)
       depthwise = None
-      if self.depthwise_sharing == "separate":  # the chosen kernel's weights, padded to kmax
+      if self.depthwise_sharing != "centre":  # the chosen kernel's weights, padded to kmax
         onehot = jax.nn.one_hot(k_idx, len(kernels), dtype=x.dtype)
         parts = [depthwise_weights(k, cin_max * self.emax) for k in kernels]
         pad = lambda w, k: jnp.pad(w, (((self.kmax - k) // 2,) * 2,) * 2 + ((0, 0),))
@@ -183,6 +193,38 @@ class MobileNetSupernet(nn.Module):
     return lax.switch(e_idx * len(kernels) + k_idx, branches, x)
 
 
+class KernelTransform(nn.Module):
+  """Once-for-All's kernel transformation: kernel size k reads the centre of the next larger size's
+  (transformed) kernel through a learned k^2 x k^2 matrix, one per layer and size, shared by the
+  layer's channels and initialised to the identity (so it starts as the plain centre slice). It lets a
+  3x3 kernel differ from the 3x3 centre of the 7x7 that the larger children need, for k^2 (81 + 625)
+  extra weights per layer."""
+
+  kernel_sizes: tuple[int, ...]
+
+  def setup(self):
+    ks = sorted(self.kernel_sizes)[:-1]  # the largest kernel is its own weights
+    self.mats = {f"k{k}": self.param(f"k{k}", lambda _, n: jnp.eye(n, dtype=jnp.float32), k * k)
+                 for k in ks}
+
+  def matrices(self) -> dict[str, jax.Array]:
+    return dict(self.mats)
+
+
+def transform_kernel(kernel: Any, matrices: dict, k: int) -> Any:
+  """The k x k depthwise kernel [k, k, C] that `KernelTransform` makes of the largest `kernel`."""
+  sizes = sorted((int(name[1:]) for name in matrices), reverse=True)
+  w = kernel
+  for size in sizes:
+    if size < k:
+      break
+    off = (w.shape[0] - size) // 2
+    w = w[off:off + size, off:off + size]
+    w = jnp.einsum("pc,pq->qc", w.reshape(size * size, -1), matrices[f"k{size}"]).reshape(
+        size, size, -1)
+  return w
+
+
 class _Weights:
   def __init__(self, layer: ConvBN):
     self.kernel, self.scale, self.bias = layer.kernel, layer.scale, layer.bias
@@ -204,6 +246,13 @@ def child_variables(space: Space, variables: dict, dna) -> dict:
           continue
         kind = name.split("_", 1)[1]
         kmax = max(space.skeleton["kernel_sizes"])
+        if kind == "transform":  # folded into the child's depthwise kernel below
+          continue
+        if kind == "depthwise" and f"block{i}_transform" in tree:
+          out[collection][name] = dict(leaves, kernel=np.asarray(transform_kernel(
+              leaves["kernel"][:, :, :b.hidden], tree[f"block{i}_transform"], b.kernel)),
+              scale=leaves["scale"][:b.hidden], bias=leaves["bias"][:b.hidden])
+          continue
         if kind.startswith("depthwise_k"):  # separate weights per kernel size: keep the child's
           if int(kind[len("depthwise_k"):]) != b.kernel:
             continue
