@@ -350,6 +350,7 @@ def validate(config) -> Any:
     if c[name] not in controllers.registry():
       raise UserError(f"unknown controller {c[name]!r}; set --config.cosearch.{name} to one of "
                       f"{sorted(controllers.registry())}")
+    controllers.require_reward_based(c[name], "the co-search (rewards of a cost model)")
   accel_space = accelerator.build(config.accelerator.to_dict())
   ones = {k: np.ones(1) for k in ("latency_ms", "energy_mj", "area_mm2")}
   rewards.reward(config.reward.kind, np.ones(1), ones, _reward_config(config.reward))

@@ -14,7 +14,8 @@ what a `Choice` does depends on how the module is being run (PyGlove's dynamic e
   point becomes a `spaces.Decision`, in call order. A choice inside a candidate is recorded as active only
   while that candidate is chosen (`Decision.active_if`). Two choice points with the same label are one
   decision (their choices are tied).
-* **supernet** (`supernet_path`): the DNA is a traced int32 array; `switch` runs only the chosen candidate
+* **supernet** (`supernet_path`): the DNA is a traced int32 array (or choice weights, for the gradient
+  controllers: see oneshot.supernet.choices); `switch` runs only the chosen candidate
   (`flax.linen.switch`, which carries variables through `lax.switch`), `mask` runs every candidate and
   keeps the chosen one by a one-hot sum. At init every candidate runs, so all their variables exist.
 * **child** (`FixedArchitecture`): each label has one fixed choice and only that candidate is built and
@@ -39,6 +40,7 @@ import jax.numpy as jnp
 
 from oneshot.errors import UserError
 from oneshot.spaces.core import Decision
+from oneshot.supernet import choices
 
 _MODE: contextvars.ContextVar[Any] = contextvars.ContextVar("oneshot_nas_mode", default=None)
 
@@ -81,7 +83,7 @@ class Choice(nn.Module):
         raise UserError(f"nas.Choice({self.label!r}): candidates return different shapes {shapes}; "
                         "every candidate of a choice must return the same shape")
       return outputs[0]
-    index = mode.index(self.label)
+    index, weights, gate = mode.pick(self.label, len(candidates))
     keys = list(self.candidates.keys()) if isinstance(self.candidates, Mapping) else None
 
     def branch(i: int) -> Callable:
@@ -92,10 +94,10 @@ class Choice(nn.Module):
 
     if mode.executor == "mask":
       outputs = [_call(c, args) for c in candidates]
-      onehot = jax.nn.one_hot(index, len(candidates))
-      return jax.tree.map(lambda *o: sum(onehot[i].astype(x.dtype) * x for i, x in enumerate(o)),
+      return jax.tree.map(lambda *o: sum(weights[i].astype(x.dtype) * x for i, x in enumerate(o)),
                           *outputs)
-    return nn.switch(index, [branch(i) for i in range(len(candidates))], self, *args)
+    out = nn.switch(index, [branch(i) for i in range(len(candidates))], self, *args)
+    return jax.tree.map(lambda x: choices.gated(x, gate), out)
 
 
 def _call(candidate: Any, args: tuple) -> Any:
@@ -138,13 +140,10 @@ class _Recorder:
     finally:
       self.stack.pop()
 
-  def index(self, label: str) -> jax.Array:
-    del label
-    return jnp.zeros((), jnp.int32)
 
 
 class _Path:
-  """Supernet mode: choice indices read from a traced DNA."""
+  """Supernet mode: choices read from a traced DNA (indices [D] or choice weights [D, K])."""
 
   def __init__(self, names: Sequence[str], dna: jax.Array, executor: str):
     self.positions = {name: i for i, name in enumerate(names)}
@@ -165,8 +164,8 @@ class _Path:
                       "the module changed since the search: use the module the search ran on")
     return self.positions[label]
 
-  def index(self, label: str) -> jax.Array:
-    return jnp.asarray(self.dna, jnp.int32)[self._position(label)]
+  def pick(self, label: str, num_choices: int) -> tuple:
+    return choices.pick(self.dna, self._position(label), num_choices)
 
 
 class _Fixed:

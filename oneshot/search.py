@@ -133,6 +133,11 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
   train_step = steps.make_train_step(sess.model, tx, sess.mesh, sess.frozen,
                                      bool(config.supernet.get("sync_batch_norm", False)))
   reward_step = steps.make_reward_step(sess.model, sess.mesh, sess.frozen, sess.score_step)
+  gradient = getattr(sess.controller, "gradient", False)  # DARTS, GDAS, ProxylessNAS
+  arch_step = None
+  if gradient:  # its state meets the replicated weights in one jitted step: replicate it too
+    arch_step = steps.make_arch_step(sess.model, sess.controller, sess.mesh, sess.frozen)
+    state["controller"] = steps.replicate(sess.mesh, state["controller"])
   n, pid, pcount = sess.num_devices, jax.process_index(), jax.process_count()
   uniform_steps = session_lib.uniform_steps(config)
   paths_per_device = max(1, int(t.get("reward_paths_per_device", 1)))
@@ -159,6 +164,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
         warming_up = step < uniform_steps
         if warming_up:
           paths = uniform.propose(uniform.init(k_train), k_train, n)
+        elif gradient:
+          paths = sess.controller.train_paths(state["controller"], k_train, n)
         else:
           proposals = sess.controller.propose(state["controller"], k_reward, n + num_reward)
           paths, reward_paths = proposals[:n], proposals[n:]
@@ -167,13 +174,20 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
         state["params"], state["opt_state"], m = train_step(
             state["params"], state["opt_state"], steps.shard_batch(sess.mesh, batch),
             steps.shard_paths(sess.mesh, paths))
-        pending.add(step, m)
-        # Controller update on a validation batch, with paths from the controller itself.
+        # Controller update on a validation batch: a gradient step on the validation loss in the
+        # architecture logits (gradient-based controllers; nothing read back), or else rewards of
+        # paths from the controller itself.
         # Each device scores `reward_paths_per_device` paths on its shard (one compiled forward each),
         # so a 1-device run still gives REINFORCE several samples per update. The rewards are the one
         # value read from the device every step: the next proposal depends on them.
         mean_reward = None
-        if not warming_up:
+        if not warming_up and gradient:
+          state["controller"], arch_metrics = arch_step(
+              state["params"], state["controller"], steps.shard_batch(sess.mesh, sess.dataset.batch(
+                  "validation", step, t.reward_batch_size, config.seed, process_index=pid,
+                  process_count=pcount)), k_reward)
+          m = {**m, **arch_metrics}
+        elif not warming_up:
           reward_batch = steps.shard_batch(sess.mesh, sess.dataset.batch(
               "validation", step, t.reward_batch_size, config.seed, process_index=pid,
               process_count=pcount))
@@ -186,6 +200,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
           state["controller"], _ = sess.controller.feedback(state["controller"], reward_paths,
                                                             rewards)
           mean_reward = float(rewards.mean())
+        pending.add(step, m)
         done = step + 1
         state["step"] = np.asarray(done, np.int32)
         logged = done % t.log_every == 0 or done == t.num_steps
@@ -195,6 +210,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
         if logged or saved or stopping:
           row = {"step": done, **pending.read(logged), "mean_reward": mean_reward}
           text = f"loss {row['loss']:.3f} acc {row['accuracy']:.3f} " + (
+              f"val acc {row['arch_accuracy']:.3f}" if "arch_accuracy" in row else
               "(uniform warm-up)" if mean_reward is None else f"reward {mean_reward:.3f}")
           if primary and logged:
             # Only on logged steps: ENAS estimates its marginals by sampling, not free every step.

@@ -102,7 +102,7 @@ def build(config: ml_collections.ConfigDict) -> Session:
       raise UserError(f"--config.train.{name}={config.train[name]} must be a multiple of the "
                       f"{n} devices")
   model = supernet.build(space, dataset.num_classes, dataset.image_shape[-1],
-                         config.supernet.executor, config.supernet.depthwise,
+                         executor_for(controller, config.supernet.executor), config.supernet.depthwise,
                          config.supernet.get("depthwise_sharing", "centre"))
   dummy = jnp.zeros((1,) + tuple(dataset.image_shape), jnp.float32)
   variables = jax.jit(model.init)(jax.random.PRNGKey(config.seed),
@@ -113,6 +113,18 @@ def build(config: ml_collections.ConfigDict) -> Session:
   return Session(config=config, space=space, dataset=dataset, model=model, controller=controller,
                  mesh=mesh, frozen=steps.replicate(mesh, dict(variables)),
                  initial_params=steps.replicate(mesh, params))
+
+
+def executor_for(controller: controllers.Controller, executor: str) -> str:
+  """The configured executor, except that DARTS and ProxylessNAS need every candidate's output in
+  their gradients (`mixes_all_choices`), which only `mask` computes; `auto` picks it for them."""
+  if not getattr(controller, "mixes_all_choices", False):
+    return executor
+  if executor not in ("auto", "mask"):
+    raise UserError(f"controller {controller.name!r} mixes every candidate's output, which the "
+                    f"{executor!r} executor does not compute; set --config.supernet.executor=mask "
+                    "(or auto)")
+  return "mask"
 
 
 def _check_positive(config) -> None:

@@ -106,6 +106,39 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh,
   return train_step
 
 
+def make_arch_step(model: nn.Module, controller: Any, mesh, frozen: dict) -> Callable:
+  """(params, controller state, validation batch, key) -> (controller state, metrics): one gradient
+  step of a gradient-based controller (`controllers.gradient`) on the validation loss, first order.
+
+  Each device relaxes the logits with its own noise (`fold_in` of its index: GDAS and ProxylessNAS
+  sample per device, as the weight step's paths) and runs the supernet on the choice weights; the
+  gradients in the logits are averaged over devices. A NaN/Inf loss leaves the controller unchanged.
+  """
+
+  def per_device(params, alpha, step, image, label, key):
+    key = jax.random.fold_in(key, lax.axis_index(AXIS))
+
+    def loss_fn(a):
+      logits = model.apply({"params": params, **frozen}, image, controller.relax(a, key, step))
+      return cross_entropy(logits, label).mean(), (logits.argmax(-1) == label).mean()
+
+    (loss, accuracy), grad = jax.value_and_grad(loss_fn, has_aux=True)(alpha)
+    return lax.pmean(grad, AXIS), lax.pmean(loss, AXIS), lax.pmean(accuracy, AXIS)
+
+  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), P(AXIS), P(AXIS), P()),
+                       out_specs=(P(), P(), P()), check_vma=False)
+
+  @jax.jit
+  def arch_step(params, state, batch, key):
+    grad, loss, accuracy = step(params, state["alpha"], state["step"], batch["image"],
+                                batch["label"], key)
+    new, finite = keep_if_finite(loss, grad, controller.apply_gradient(state, grad), state)
+    del finite
+    return new, {"arch_loss": loss, "arch_accuracy": accuracy}
+
+  return arch_step
+
+
 def make_score_step(model: nn.Module, mesh, frozen: dict) -> Callable:
   """(params, batch with 'mask', paths) -> [num_devices, 2]: each device's (correct, real rows) for
   its own path on its shard, gathered on every process so every host's controller sees the same.

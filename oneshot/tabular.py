@@ -284,6 +284,7 @@ def build(space: Any, algorithm: str, hparams: Mapping[str, Any], budget: int) -
   """(controller, queries per controller step); `num_steps` is the number of feedback calls."""
   from oneshot import controllers  # pylint: disable=import-outside-toplevel
 
+  controllers.require_reward_based(algorithm, "a tabular benchmark")
   config = dict(hparams)
   batch = config.pop("batch_size", 1)
   if not isinstance(batch, int) or batch < 1:

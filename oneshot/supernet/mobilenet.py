@@ -31,6 +31,7 @@ from jax import lax
 
 from oneshot.models import ops
 from oneshot.models.layers import Classifier, ConvBN
+from oneshot.supernet import choices
 from oneshot.spaces.core import Space
 from oneshot.models.mobilenet import has_residual
 from oneshot.spaces.mobilenet import stage_channels
@@ -83,9 +84,11 @@ class MobileNetSupernet(nn.Module):
       cin = head
     self.classifier = Classifier(cin, self.num_classes)
 
-  def _choice(self, dna: jax.Array, name: str) -> tuple[jax.Array, tuple[Any, ...]]:
+  def _choice(self, dna: jax.Array, name: str) -> tuple[choices.Pick, tuple[Any, ...]]:
+    """((index, weights, gate), the decision's choices): see oneshot.supernet.choices."""
     i = self.space.names.index(name)
-    return dna[i], self.space.decisions[i].choices
+    d = self.space.decisions[i]
+    return choices.Pick(*choices.pick(dna, i, d.num_choices)), d.choices
 
   def __call__(self, x: jax.Array, dna: jax.Array) -> jax.Array:
     sk = self.space.skeleton
@@ -94,25 +97,32 @@ class MobileNetSupernet(nn.Module):
     # inside jax.checkpoint/lax.switch would leak tracers at init.
     weights = {name: _Weights(layer) for name, layer in self.layers.items()}
     weights.update({f"{name}_transform": t.matrices() for name, t in self.transforms.items()})
-    # (index of the input width choice, possible input widths): the stem is not searched.
-    cin_idx, cin_choices = jnp.zeros((), jnp.int32), (int(sk["stem_filters"]),)
+    # (input width choice, possible input widths): the stem is not searched.
+    cin, cin_choices = choices.Pick(jnp.zeros((), jnp.int32), jnp.ones(1), None), (
+        int(sk["stem_filters"]),)
     for i, blk in enumerate(sk["blocks"]):
-      w_idx, widths = self._choice(dna, f"stage{blk['stage']}/width")
+      width, widths = self._choice(dna, f"stage{blk['stage']}/width")
       cout_choices = tuple(stage_channels(blk["filters"], w) for w in widths)
-      e_idx, ratios = self._choice(dna, f"block{i}/expansion")
-      k_idx, kernels = self._choice(dna, f"block{i}/kernel")
-      block = functools.partial(self._block, weights, i, blk, (cin_idx, cin_choices), (e_idx, ratios),
-                                (k_idx, kernels), (w_idx, cout_choices))
+      expansion, ratios = self._choice(dna, f"block{i}/expansion")
+      kernel, kernels = self._choice(dna, f"block{i}/kernel")
+      gate = _product(width.gate, expansion.gate, kernel.gate)
+      block = functools.partial(self._block, weights, i, blk, (cin, cin_choices),
+                                (expansion, ratios), (kernel, kernels), (width, cout_choices))
       residual = has_residual(blk)
       if blk["droppable"]:  # droppable blocks are residual: dropping one leaves the identity
         skip, _ = self._choice(dna, f"block{i}/skip")
         if self.executor.startswith("switch"):
-          x = lax.cond(skip == 1, lambda x: x, jax.checkpoint(lambda x: x + block(x)), x)
-        else:
-          x = x + (1 - skip).astype(x.dtype) * block(x)
+          x = lax.cond(skip.index == 1, lambda x: choices.gated(x, skip.gate),
+                       jax.checkpoint(lambda x: choices.gated(x + choices.gated(block(x), gate),
+                                                              skip.gate)), x)
+        else:  # choice 0 keeps the block, choice 1 drops it (the identity)
+          keep, drop = skip.weights[0].astype(x.dtype), skip.weights[1].astype(x.dtype)
+          x = keep * (x + block(x)) + drop * x
+      elif self.executor.startswith("switch"):
+        x = x + choices.gated(block(x), gate) if residual else choices.gated(block(x), gate)
       else:
         x = x + block(x) if residual else block(x)
-      cin_idx, cin_choices = w_idx, cout_choices
+      cin, cin_choices = width, cout_choices
     if int(sk.get("head_filters", 0)):
       x = self.head(x)
     return self.classifier(jnp.mean(x, axis=(1, 2)))
@@ -150,18 +160,25 @@ class MobileNetSupernet(nn.Module):
       h = ops.batch_norm(h, project.scale[:c_out], project.bias[:c_out], mask=out_mask)[0]
       return jnp.pad(h, ((0, 0),) * 3 + ((0, cout_max - c_out),))
 
-    (cin_idx, cin_choices), (e_idx, ratios), (k_idx, kernels), (w_idx, cout_choices) = (
+    (cin, cin_choices), (expansion, ratios), (kernel, kernels), (width, cout_choices) = (
         cin, expansion, kernel, cout)
+    cin_idx, e_idx, k_idx, w_idx = cin.index, expansion.index, kernel.index, width.index
     if self.executor == "mask":
-      k_active = jnp.asarray(kernels)[k_idx]
+      # Every mask is the choice-weighted sum of the candidates' masks: the chosen one's for an int
+      # DNA, a differentiable mixture for choice weights (FBNetV2's masking).
       r = np.abs(np.arange(self.kmax) - self.kmax // 2)
-      k_mask = ((r[:, None] <= k_active // 2) & (r[None, :] <= k_active // 2)).astype(x.dtype)
-      hidden_active = jnp.asarray(cin_choices)[cin_idx] * jnp.asarray(ratios)[e_idx]
-      hidden_mask = (jnp.arange(cin_max * self.emax) < hidden_active).astype(x.dtype)
-      out_mask = (jnp.arange(cout_max) < jnp.asarray(cout_choices)[w_idx]).astype(x.dtype)
+      k_mask = sum(kernel.weights[j].astype(x.dtype) *
+                   ((r[:, None] <= k // 2) & (r[None, :] <= k // 2)).astype(x.dtype)
+                   for j, k in enumerate(kernels))
+      hidden = np.arange(cin_max * self.emax)
+      hidden_mask = sum(cin.weights[a].astype(x.dtype) * expansion.weights[j].astype(x.dtype) *
+                        (hidden < c * e).astype(x.dtype)
+                        for a, c in enumerate(cin_choices) for j, e in enumerate(ratios))
+      out_mask = sum(width.weights[j].astype(x.dtype) * (np.arange(cout_max) < c).astype(x.dtype)
+                     for j, c in enumerate(cout_choices))
       depthwise = None
       if self.depthwise_sharing != "centre":  # the chosen kernel's weights, padded to kmax
-        onehot = jax.nn.one_hot(k_idx, len(kernels), dtype=x.dtype)
+        onehot = kernel.weights.astype(x.dtype)
         parts = [depthwise_weights(k, cin_max * self.emax) for k in kernels]
         pad = lambda w, k: jnp.pad(w, (((self.kmax - k) // 2,) * 2,) * 2 + ((0, 0),))
         depthwise = tuple(sum(onehot[j] * (pad(p[0], k) if n == 0 else p[n])
@@ -191,6 +208,11 @@ class MobileNetSupernet(nn.Module):
             run, c_in=cin_max, e=e, k=k, c_out=cout_max, hidden_mask=hidden_mask,
             out_mask=None if single else out_mask)))
     return lax.switch(e_idx * len(kernels) + k_idx, branches, x)
+
+
+def _product(*gates):
+  present = [g for g in gates if g is not None]
+  return functools.reduce(lambda a, b: a * b, present) if present else None
 
 
 class KernelTransform(nn.Module):

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from oneshot.models import ops
+from oneshot.supernet import choices
 from oneshot.models.layers import Classifier, ConvBN
 from oneshot.models.nasbench201 import (CONV_OPS, NUM_STAGES, BatchNorm, ResNetBlock, cell_stages,
                                         edge_name, op_layer_name, stage_channels)
@@ -63,7 +64,6 @@ class NasBench201Supernet(nn.Module):
   def __call__(self, x: jax.Array, dna: jax.Array) -> jax.Array:
     if self.executor not in ("switch", "mask"):
       raise ValueError(f"unknown executor {self.executor!r}")
-    dna = jnp.asarray(dna, jnp.int32)
     edge_index = {(dst, src): self.space.names.index(edge_name(dst, src)) for dst, src in EDGES}
     x = self.stem(x, 1, relu=False)
     stage = 0
@@ -75,25 +75,27 @@ class NasBench201Supernet(nn.Module):
       for dst in (1, 2, 3):
         total = None
         for src in range(dst):
-          y = self._edge(k, dst, src, dna[edge_index[(dst, src)]], nodes[src])
+          y = self._edge(k, dst, src, choices.pick(dna, edge_index[(dst, src)], len(OPS)),
+                         nodes[src])
           total = y if total is None else total + y
         nodes.append(total)
       x = nodes[3]
     x = nn.relu(self.lastact(x))
     return self.classifier(jnp.mean(x, axis=(1, 2)))
 
-  def _edge(self, k: int, dst: int, src: int, choice: jax.Array, x: jax.Array) -> jax.Array:
-    """One edge: op number `choice` (index into OPS) of cell k applied to node `src`."""
+  def _edge(self, k: int, dst: int, src: int, choice: tuple, x: jax.Array) -> jax.Array:
+    """One edge of cell k applied to node `src`; `choice` = (op index into OPS, op weights, gate) as
+    `choices.pick` reads it from an int DNA or from choice weights."""
+    index, op_weights, gate = choice
     # Read the weights here, outside any branch, so no parameter is created inside a trace.
     weights = {op: self._conv_weights(op_layer_name(k, dst, src, op)) for op in CONV_OPS}
     # At init nothing is differentiated; an eager lax.switch would compile once per edge (minutes).
     if self.executor == "switch" and not self.is_initializing():
       conv = conv2d_gemm_grad if jax.default_backend() == "cpu" else ops.conv2d
       branches = [jax.checkpoint(_op_fn(op, weights.get(op), conv)) for op in OPS]
-      return lax.switch(choice, branches, x)
+      return choices.gated(lax.switch(index, branches, x), gate)
     branches = [_op_fn(op, weights.get(op)) for op in OPS]
-    onehot = jax.nn.one_hot(choice, len(OPS), dtype=x.dtype)
-    return sum(onehot[i] * b(x) for i, b in enumerate(branches))
+    return sum(op_weights[i].astype(x.dtype) * b(x) for i, b in enumerate(branches))
 
   def _conv_weights(self, name: str) -> tuple[jax.Array, jax.Array, jax.Array]:
     layer = self.layers[name]
