@@ -136,7 +136,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
   gradient = getattr(sess.controller, "gradient", False)  # DARTS, GDAS, ProxylessNAS
   arch_step = None
   if gradient:  # its state meets the replicated weights in one jitted step: replicate it too
-    arch_step = steps.make_arch_step(sess.model, sess.controller, sess.mesh, sess.frozen)
+    arch_step = steps.make_arch_step(sess.model, sess.controller, sess.mesh, sess.frozen,
+                                     target.expected_penalty(sess.space) if target else None)
     state["controller"] = steps.replicate(sess.mesh, state["controller"])
   n, pid, pcount = sess.num_devices, jax.process_index(), jax.process_count()
   uniform_steps = session_lib.uniform_steps(config)

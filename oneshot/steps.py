@@ -106,13 +106,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh,
   return train_step
 
 
-def make_arch_step(model: nn.Module, controller: Any, mesh, frozen: dict) -> Callable:
+def make_arch_step(model: nn.Module, controller: Any, mesh, frozen: dict,
+                   penalty: Callable | None = None) -> Callable:
   """(params, controller state, validation batch, key) -> (controller state, metrics): one gradient
   step of a gradient-based controller (`controllers.gradient`) on the validation loss, first order.
 
   Each device relaxes the logits with its own noise (`fold_in` of its index: GDAS and ProxylessNAS
   sample per device, as the weight step's paths) and runs the supernet on the choice weights; the
   gradients in the logits are averaged over devices. A NaN/Inf loss leaves the controller unchanged.
+  `penalty(probabilities [D, K])`: a differentiable hardware term added to the loss (the latency
+  target's expected latency, `hardware.target.LatencyTarget.expected_penalty`).
   """
 
   def per_device(params, alpha, step, image, label, key):
@@ -120,7 +123,10 @@ def make_arch_step(model: nn.Module, controller: Any, mesh, frozen: dict) -> Cal
 
     def loss_fn(a):
       logits = model.apply({"params": params, **frozen}, image, controller.relax(a, key, step))
-      return cross_entropy(logits, label).mean(), (logits.argmax(-1) == label).mean()
+      loss = cross_entropy(logits, label).mean()
+      if penalty is not None:
+        loss = loss + penalty(jax.nn.softmax(controller.logits(a), axis=-1))
+      return loss, (logits.argmax(-1) == label).mean()
 
     (loss, accuracy), grad = jax.value_and_grad(loss_fn, has_aux=True)(alpha)
     return lax.pmean(grad, AXIS), lax.pmean(loss, AXIS), lax.pmean(accuracy, AXIS)

@@ -80,3 +80,28 @@ def test_the_default_digits_search_answers_within_10_percent_of_the_target(tmp_p
   saved = json.loads((tmp_path / "search_result.json").read_text())
   assert abs(saved["latency_ms"] / 0.08 - 1) <= 0.10, saved["latency_ms"]
   assert saved["reward"] >= 0.85
+
+
+def test_expected_latency_penalty_for_gradient_controllers():
+  """The additive latency fit behind ProxylessNAS-style penalties: close to the cost model on held-out
+  architectures, exact in expectation for that fit, and its gradient favours faster choices when the
+  expected latency is over the target (slower ones when under)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  _, space, on = _target()
+  on.target_ms = 1e-4   # every architecture is over it: the penalty is -beta * (T/T0 - 1)
+  penalty = on.expected_penalty(space)
+  assert on.fit_r2 > 0.5
+  held_out = space.sample(np.random.default_rng(123), 50)
+  true = on.costs(held_out)["latency_ms"]
+  onehot = np.eye(space.max_choices)[held_out] * space.choice_mask()[None]
+  fitted = np.array([float(penalty(jnp.asarray(p, jnp.float32))) for p in onehot])
+  implied = 1e-4 * (1 + fitted / 0.5)
+  np.testing.assert_allclose(implied, true, rtol=0.35)
+  assert np.corrcoef(implied, true)[0, 1] > 0.8
+  uniform = jnp.asarray(space.choice_mask() / space.choice_mask().sum(1, keepdims=True), jnp.float32)
+  kernel = space.names.index("block1/kernel")   # kernels (3, 5): 5 is slower
+  for target_ms, sign in ((0.001, 1.0), (10.0, -1.0)):
+    on.target_ms = target_ms
+    grad = jax.grad(on.expected_penalty(space))(uniform)
+    assert sign * float(grad[kernel, 1] - grad[kernel, 0]) > 0, target_ms

@@ -61,12 +61,50 @@ class LatencyTarget:
     """[N] hardware-aware rewards of architectures [N, D] with accuracies [N]."""
     return rewards.reward(self.kind, accuracies, self.costs(dnas), self._reward_config)
 
+  def expected_penalty(self, space: Space, samples: int = 4096, seed: int = 0):
+    """A differentiable stand-in for the reward's latency term, for the gradient-based controllers
+    (ProxylessNAS's expected latency): `penalty(probabilities [D, K]) -> scalar` to add to their loss.
+
+    The cost model is a black box of whole architectures, so its latency is fitted as a sum of
+    per-choice terms, T(dna) ~ b + sum_d t[d, dna_d], by least squares on `samples` random
+    architectures (ProxylessNAS's latency lookup table is the same additive model, measured per op);
+    the expectation under independent per-decision probabilities is then exact for that fit:
+    E[T] = b + sum_{d,i} p[d, i] t[d, i]. The penalty is the reward's latency term at E[T] with the
+    sign of a loss: tunas -beta * |E[T]/T0 - 1|, mnas -w * log(E[T]/T0)."""
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    dnas = space.sample(np.random.default_rng(seed), samples)
+    latency = self.costs(dnas)["latency_ms"].astype(np.float64)
+    offsets = np.concatenate([[0], np.cumsum(space.num_choices)[:-1]])
+    features = np.zeros((len(dnas), int(space.num_choices.sum()) + 1))
+    features[np.arange(len(dnas))[:, None], offsets[None, :] + dnas] = 1.0
+    features[:, -1] = 1.0
+    coef = np.linalg.lstsq(features, latency, rcond=None)[0]
+    residual = latency - features @ coef
+    self.fit_r2 = float(1.0 - residual.var() / max(latency.var(), 1e-30))
+    table = np.zeros((space.num_decisions, space.max_choices), np.float32)
+    for d, k in enumerate(space.num_choices):
+      table[d, :k] = coef[offsets[d]:offsets[d] + k]
+    table, bias = jnp.asarray(table), float(coef[-1])
+    beta = float(self._reward_config.get("beta") if self._reward_config.get("beta") is not None
+                 else -0.1)
+    w = float(self._reward_config.get("w") if self._reward_config.get("w") is not None else -0.07)
+    target, kind = self.target_ms, self.kind
+
+    def penalty(probabilities):
+      ratio = (bias + jnp.sum(probabilities * table)) / target
+      if kind == "tunas":
+        return -beta * jnp.abs(ratio - 1.0)
+      return -w * jnp.log(jnp.maximum(ratio, 1e-6))
+
+    return penalty
+
   def report(self, dna) -> dict[str, Any]:
     """What search_result.json says about the answer's cost."""
     costs = self.costs(np.asarray(dna, np.int32)[None])
     return {"latency_ms": float(costs["latency_ms"][0]), "energy_mj": float(costs["energy_mj"][0]),
             "target_latency_ms": self.target_ms, "hardware_reward": self.kind,
-            "cost_model": self.cost_model}
+            "cost_model": self.cost_model,
+            **({"expected_latency_fit_r2": self.fit_r2} if hasattr(self, "fit_r2") else {})}
 
 
 def build(config, space: Space, image_shape, num_classes: int) -> LatencyTarget | None:
