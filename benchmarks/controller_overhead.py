@@ -72,7 +72,7 @@ def main() -> None:
   t_step = _median(lambda i: jax.block_until_ready(train_step(params, opt_state, dnas[i])), args.steps)
   print(f"supernet train step ({supernet.resolve_executor('auto')}): {t_step * 1e3:.1f} ms; "
         f"{n} device(s), {k} reward path(s) per device")
-  for name in sorted(controllers.registry()):
+  for name in controllers.reward_based():  # gradient-based ones cost an architecture step instead
     controller = controllers.build(name, space, {**config.controller.to_dict(),
                                                  **controller_config(config)})
     state = [controller.init(jax.random.PRNGKey(0))]

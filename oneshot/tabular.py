@@ -309,7 +309,10 @@ def _query(lookup, space, row, algorithm, seed, table) -> float:
 def _algorithms(values: Sequence[str] | None) -> list[str]:
   if not values:
     return list(ALGORITHMS)
+  from oneshot import controllers  # pylint: disable=import-outside-toplevel
   names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+  for name in names:  # darts/gdas/proxyless: say why, not just "unknown"
+    controllers.require_reward_based(name, "a tabular benchmark")
   unknown = [n for n in names if n not in ALGORITHMS]
   if unknown or not names:
     raise UserError(f"unknown --algorithm {unknown or values}; use one or more of {list(ALGORITHMS)}")

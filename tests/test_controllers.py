@@ -172,8 +172,10 @@ def test_rsws_rescoring_top_k_recovers_true_best():
     rsws_select(space, score_fn, num_candidates=5, top_k=6)
 
 
-def test_registry_names_all_four():
-  assert set(controllers.registry()) == {"random", "tunas", "enas", "evolution"}
+def test_registry_names_every_controller():
+  assert set(controllers.registry()) == {"random", "tunas", "enas", "evolution", "darts", "gdas",
+                                         "proxyless"}
+  assert controllers.reward_based() == ["enas", "evolution", "random", "tunas"]
 
 
 # -- hierarchical log-probabilities: a skipped block's kernel/expansion choices do not count ----------
