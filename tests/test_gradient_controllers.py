@@ -163,3 +163,15 @@ def test_mixing_controllers_refuse_the_switch_executor_and_rewards_only_commands
   with pytest.raises(UserError, match="learns from supernet gradients"):
     controllers.require_reward_based("gdas", "a tabular benchmark")
   assert "gdas" not in controllers.reward_based() and "tunas" in controllers.reward_based()
+
+
+def test_one_device_search_writes_the_usual_files(tmp_path):
+  config = tiny_config(num_steps=4, checkpoint_every=4, log_every=2)
+  config.controller.name = "proxyless"
+  config.num_devices = 1
+  config.train.uniform_fraction = 0.0
+  result = search.run(config, str(tmp_path))
+  assert result["num_devices"] == 1 and result["controller_name"] == "proxyless"
+  for name in ("search_result.json", "metrics.jsonl", "controller.png", "controller_history.json",
+               "config.json"):
+    assert (tmp_path / name).exists(), name
