@@ -7,6 +7,8 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from tests.conftest import REPO
 
 _TOP_LEVEL = re.compile(r"^\s*(from|import) (controllers|spaces|launch|configs)\b", re.M)
@@ -49,3 +51,14 @@ def test_the_wheel_installs_only_the_oneshot_package(tmp_path):
   for path in ("oneshot/controllers/tunas.py", "oneshot/spaces/core.py", "oneshot/configs/digits.py",
                "oneshot/launch/tpu.py", "oneshot/supernet/mobilenet.py"):
     assert path in names, path
+
+
+def test_peer_benchmark_without_the_extra_is_one_line_exit_0():
+  """benchmarks/peer_nni.py needs `.[peer]` (torch, nni, Lightning); without it, one line and exit 0."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  if importlib.util.find_spec("torch") is not None:
+    pytest.skip("the peer extra is installed here")
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "peer_nni.py")],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+  assert proc.stdout.count("\n") == 1 and "pip install -e '.[peer]'" in proc.stdout
