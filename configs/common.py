@@ -77,6 +77,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.controller.warmup_fraction = 0.0
   c.controller.population_size = 20
   c.controller.tournament_size = 5
+  # Gradient-based controllers (darts, gdas, proxyless); None: the paper's value (controllers/gradient.py)
+  c.controller.beta1 = placeholder(float)
+  c.controller.beta2 = placeholder(float)
+  c.controller.weight_decay = placeholder(float)
+  c.controller.tau_max = placeholder(float)            # gdas: Gumbel temperature, annealed to tau_min
+  c.controller.tau_min = placeholder(float)
+  c.controller.beta_regularization = placeholder(float)  # darts: beta-DARTS's lambda (0: off)
 
   # The answer, the same rule for every controller: `num_candidates` architectures from the controller
   # (its own choice plus policy samples, its population, or random draws), each scored on the same

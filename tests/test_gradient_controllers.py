@@ -73,6 +73,20 @@ def test_adam_step_follows_the_papers_settings(name):
   assert float(jnp.abs(new["alpha"][1, 2:]).sum()) == 0.0 and int(new["step"]) == 1
 
 
+def test_beta_regularization_pulls_the_leading_logits_down_hardest():
+  """beta-DARTS: the gradient of lambda * logsumexp(alpha) is lambda * softmax(alpha), ramped from 0."""
+  plain = _controller("darts", weight_decay=0.0)
+  reg = _controller("darts", weight_decay=0.0, beta_regularization=2.0)
+  alpha = jnp.asarray([[2.0, 0.0, -1.0, 0.0], [0.5, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+  state = {**plain.init(jax.random.PRNGKey(0)), "alpha": alpha, "step": jnp.asarray(99)}
+  g = jnp.zeros((3, 4))
+  np.testing.assert_array_equal(plain.apply_gradient(state, g)["alpha"], alpha)  # nothing to learn
+  moved = reg.apply_gradient(state, g)["alpha"] - alpha
+  assert float(moved[0, 0]) < 0 and float(moved[1, 2:].sum()) == 0.0
+  # Through Adam every moved logit steps by about -lr; at step 0 the ramp is 0: nothing moves.
+  assert float(jnp.abs(reg.apply_gradient({**state, "step": jnp.asarray(0)}, g)["alpha"] - alpha).max()) == 0
+
+
 MOBILENET = spaces.build(dict(name="mobilenet", stem_filters=8, stem_stride=1, stages=((8, 1, 1), (12, 2, 2)),
                               kernel_sizes=(3, 5), expansion_ratios=(2, 3), width_multipliers=(0.5, 1.0),
                               allow_skip=True, head_filters=0))
