@@ -91,7 +91,20 @@ def _wait_for_checkpoint(proc: subprocess.Popen, workdir: str, log, timeout: flo
 
 @pytest.mark.slow
 def test_sigkill_then_the_same_command_equals_an_uninterrupted_run(reference, tmp_path):
-  reference_dir, config = reference
+  _kill_resume_and_compare(*reference, tmp_path)
+
+
+@pytest.mark.slow
+def test_sigkill_resume_is_exact_for_a_gradient_controller(tmp_path):
+  """GDAS: the architecture logits and their Adam state are checkpointed with the weights."""
+  config = _config()
+  config.controller.name = "gdas"
+  config.train.uniform_fraction = 0.0
+  search.run(config, str(tmp_path / "uninterrupted"))
+  _kill_resume_and_compare(str(tmp_path / "uninterrupted"), config, tmp_path)
+
+
+def _kill_resume_and_compare(reference_dir: str, config, tmp_path) -> None:
   workdir = str(tmp_path / "w")
   command = _command(config_file(tmp_path / "tiny.py", config), workdir)
   with open(tmp_path / "killed.log", "w") as log:
