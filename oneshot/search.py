@@ -182,16 +182,15 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
         # so a 1-device run still gives REINFORCE several samples per update. The rewards are the one
         # value read from the device every step: the next proposal depends on them.
         mean_reward = None
-        if not warming_up and gradient:
-          state["controller"], arch_metrics = arch_step(
-              state["params"], state["controller"], steps.shard_batch(sess.mesh, sess.dataset.batch(
-                  "validation", step, t.reward_batch_size, config.seed, process_index=pid,
-                  process_count=pcount)), k_reward)
-          m = {**m, **arch_metrics}
-        elif not warming_up:
+        if not warming_up:
           reward_batch = steps.shard_batch(sess.mesh, sess.dataset.batch(
               "validation", step, t.reward_batch_size, config.seed, process_index=pid,
               process_count=pcount))
+        if not warming_up and gradient:
+          state["controller"], arch_metrics = arch_step(state["params"], state["controller"],
+                                                        reward_batch, k_reward)
+          m = {**m, **arch_metrics}
+        elif not warming_up:
           rewards = np.concatenate(jax.device_get([
               reward_step(state["params"], reward_batch,
                           steps.shard_paths(sess.mesh, reward_paths[i * n:(i + 1) * n]))
