@@ -153,16 +153,13 @@ def supernet_logits(workdir: str, images: Any, dna: Any = None, *, data: Arrays 
   `train=True` gives the same numbers."""
   # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp
+  from oneshot import export as export_lib
   from oneshot import session as session_lib
-  from oneshot import spaces
   with arrays_lib.serving(data), nas.serving(model):
-    config = session_lib.load_search_config(workdir)
-    space = spaces.build(config.space)
-    if dna is None:
-      with open(os.path.join(workdir, "search_result.json")) as f:
-        dna = space.from_json(json.load(f))
-    dna = space.parse(dna) if isinstance(dna, str) else space.validate(dna)
-    sess = session_lib.build(config)
+    sess = session_lib.build(session_lib.load_search_config(workdir))
+    # export's rule: the search's answer by default (one line if the search has not finished)
+    dna = (export_lib.choose_dna(sess.space, workdir, dna) if dna is None or isinstance(dna, str)
+           else sess.space.validate(dna))
     params = session_lib.restore_params(sess, workdir)["params"]
     return sess.model.apply(sess.variables(params), jnp.asarray(images, jnp.float32),
                             jnp.asarray(dna, jnp.int32))

@@ -76,7 +76,7 @@ def export(workdir: str, out: str, *, dna_text: str | None = None,
   checkpoint.require_checkpoint(workdir)
   config = session_lib.load_search_config(workdir)
   space = spaces.build(config.space)
-  dna = _choose_dna(space, workdir, dna_text)
+  dna = choose_dna(space, workdir, dna_text)
   target = _check_out(out)
   sess = session_lib.build(config)
   state = session_lib.restore_params(sess, workdir)
@@ -104,7 +104,7 @@ def export(workdir: str, out: str, *, dna_text: str | None = None,
   return record
 
 
-def _choose_dna(space, workdir: str, dna_text: str | None):
+def choose_dna(space, workdir: str, dna_text: str | None):
   if dna_text is not None:
     return space.parse(dna_text)
   path = os.path.join(workdir, "search_result.json")
