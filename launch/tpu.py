@@ -47,7 +47,7 @@ REMOTE_SRC = "oneshot-src"  # directory, relative to each worker's home, holding
 # Left out of the source tarball: history, environments, outputs and caches are large and host-specific.
 TAR_EXCLUDES = (".git", ".venv", "venv", "workdirs", "__pycache__", "*.egg-info", ".pytest_cache",
                 ".hypothesis")
-PIP_INSTALL = ("python3", "-m", "pip", "install", "--upgrade", "jax[tpu]", f"./{REMOTE_SRC}")
+PIP_INSTALL = ("python3", "-m", "pip", "install", "--upgrade", "jax[tpu]", f"./{REMOTE_SRC}[gcs]")
 # pip falls back to a user install on TPU VM images, whose scripts dir is not on a non-login PATH.
 REMOTE_PATH = 'export PATH="$HOME/.local/bin:$PATH" && '
 

@@ -22,7 +22,7 @@ from typing import Any
 import ml_collections
 
 from oneshot import arrays as arrays_lib
-from oneshot import nas
+from oneshot import io, nas
 from oneshot.arrays import Arrays
 from oneshot.configuration import CONFIGS_DIR as _CONFIGS_DIR
 from oneshot.errors import UserError
@@ -90,13 +90,13 @@ def search(config: ml_collections.ConfigDict, workdir: str, data: Arrays | None 
     record = search_lib.run(config, workdir)
   if record is None:
     return None
-  workdir = os.path.abspath(workdir)
-  files = {name: os.path.join(workdir, name) for name in (
+  workdir = io.as_path(workdir)
+  files = {name: os.fspath(workdir / name) for name in (
       "search_result.json", "config.json", "metrics.jsonl", "controller_history.json",
       "checkpoints")}
   return SearchResult(architecture=record["string"], dna=tuple(int(i) for i in record["dna"]),
                       reward=float(record["reward"]), steps=int(record["steps"]),
-                      wall_seconds=float(record["wall_seconds"]), workdir=workdir, files=files,
+                      wall_seconds=float(record["wall_seconds"]), workdir=os.fspath(workdir), files=files,
                       record=record)
 
 
@@ -114,11 +114,10 @@ def _with_sections(config: ml_collections.ConfigDict, dataset: dict | None,
 
 
 def _require_same_arrays(workdir: str, name: str) -> None:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = io.as_path(workdir) / "config.json"
+  if not path.exists():
     return
-  with open(path) as f:
-    started_on = json.load(f).get("dataset", {}).get("name")
+  started_on = json.loads(path.read_text()).get("dataset", {}).get("name")
   if started_on != name:
     raise UserError(f"workdir {workdir} was started on dataset {started_on!r}, not on these arrays "
                     f"({name}); pass the arrays it started with, or use a new workdir")
@@ -132,7 +131,7 @@ def export(workdir: str, out: str, *, dna: str | None = None, recalibrate_batche
   from oneshot import export as export_lib  # pylint: disable=import-outside-toplevel
   with arrays_lib.serving(data), nas.serving(model):
     record = export_lib.export(workdir, out, dna_text=dna, recalibrate_batches=recalibrate_batches)
-  return ExportResult(directory=os.path.abspath(out), architecture=record["string"],
+  return ExportResult(directory=os.fspath(io.as_path(out)), architecture=record["string"],
                       num_params=int(record["num_params"]),
                       validation_accuracy=float(record["validation_accuracy"]["recalibrated"]),
                       record=record)

@@ -15,9 +15,7 @@ which orbax writes from process 0 only.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -26,11 +24,13 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from oneshot import io
 from oneshot.errors import UserError
 
 
-def manager(workdir: str, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+def manager(workdir: io.PathLike, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
   """`cleanup_tmp_directories`: a save cut short by SIGKILL or a full disk leaves a
   `N.orbax-checkpoint-tmp` directory; the next writable manager deletes it."""
   if read_only:  # orbax warns about each setting a read-only manager ignores, and about read-only
@@ -44,8 +44,7 @@ def manager(workdir: str, max_to_keep: int = 3, read_only: bool = False) -> ocp.
   quiet = _DropReadOnlyNotice()
   logging.getLogger("absl").addFilter(quiet)
   try:
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                 options=options)
+    return ocp.CheckpointManager(io.as_path(workdir) / "checkpoints", options=options)
   finally:
     logging.getLogger("absl").removeFilter(quiet)
 
@@ -83,7 +82,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
       pass
     _join_orbax_threads()
     if jax.process_index() == 0:  # free what the partial step took; the older steps stay intact
-      _remove_partial_step(os.fspath(mngr.directory), step)
+      _remove_partial_step(epath.Path(mngr.directory), step)
     raise UserError(f"cannot write checkpoint {step} in {mngr.directory}: {reason}; free disk space "
                     "or pick another --workdir, then run the same command to resume from the last "
                     "checkpoint") from None
@@ -98,12 +97,12 @@ def _set_aside(mngr: ocp.CheckpointManager, step: int) -> None:
   resumed from an older one. Orbax refuses to overwrite it, and deleting it would destroy the evidence
   if the read failure was transient; renamed, orbax no longer lists it.
   """
-  directory = os.fspath(mngr.directory)
+  directory = epath.Path(mngr.directory)
   if jax.process_index() == 0:
-    target, k = os.path.join(directory, f"{step}.unreadable"), 1
-    while os.path.exists(target):
-      target, k = os.path.join(directory, f"{step}.unreadable-{k}"), k + 1
-    os.rename(os.path.join(directory, str(step)), target)
+    target, k = directory / f"{step}.unreadable", 1
+    while target.exists():
+      target, k = directory / f"{step}.unreadable-{k}", k + 1
+    (directory / str(step)).rename(target)
     print(f"warning: moved unreadable checkpoint {step} aside to {target}", file=sys.stderr)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
@@ -111,15 +110,18 @@ def _set_aside(mngr: ocp.CheckpointManager, step: int) -> None:
   mngr.reload()
 
 
-def _remove_partial_step(directory: str, step: int) -> None:
+def _remove_partial_step(directory: epath.Path, step: int) -> None:
   """Deletes `step`'s temporary directory. Orbax's executor may still be creating subdirectories of it
   for a moment after the failure, so it is removed until it stays gone (a stray one would also be
   removed by the next run's manager, see `manager`)."""
   quiet_checks = 0
   for _ in range(50):
-    partial = [n for n in os.listdir(directory) if n.startswith(f"{step}.orbax-checkpoint-tmp")]
-    for name in partial:
-      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    partial = [p for p in directory.iterdir() if p.name.startswith(f"{step}.orbax-checkpoint-tmp")]
+    for path in partial:
+      try:
+        path.rmtree()
+      except OSError:
+        pass  # gone already, or still being written: the next round retries
     quiet_checks = 0 if partial else quiet_checks + 1
     if quiet_checks == 3:
       return
@@ -226,12 +228,13 @@ def _abstract(leaf: Any) -> Any:
   return leaf if isinstance(leaf, np.ndarray) else ocp.utils.to_shape_dtype_struct(leaf)
 
 
-def require_checkpoint(workdir: str) -> ocp.CheckpointManager:
+def require_checkpoint(workdir: io.PathLike) -> ocp.CheckpointManager:
   """A read-only manager for a workdir that must hold a search checkpoint (export, rank, cosearch)."""
-  if not os.path.isdir(workdir):
+  io.require_readable(workdir)
+  if not io.as_path(workdir).is_dir():
     raise UserError(f"workdir {workdir} does not exist; run `oneshot search --workdir {workdir}` first")
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
+  directory = io.as_path(workdir) / "checkpoints"
+  if not directory.is_dir():
     raise UserError(f"no checkpoint in {workdir}; run `oneshot search --config ... --workdir "
                     f"{workdir}` first")
   mngr = manager(workdir, read_only=True)

@@ -68,7 +68,7 @@ def main(argv: Sequence[str]) -> int:
         f"{_accel_text(b['accelerator'])} with {b['architecture']['string']} (accuracy "
         f"{b['accuracy']:.4f}, {b['latency_ms']:.4f} ms, {b['energy_mj']:.4f} mJ, "
         f"{b['area_mm2']:.3f} mm^2); {len(result['pareto'])} Pareto points; wrote "
-        f"{os.path.join(fv.workdir, RESULT_FILE)}")
+        f"{io.as_path(fv.workdir) / RESULT_FILE}")
   return 0
 
 
@@ -314,16 +314,15 @@ def plot(res: dict, path: str, title: str = "hardware co-search") -> None:
 
 
 # --- the command -----------------------------------------------------------------------------------
-def prepare(config, workdir: str) -> Evaluator | None:
+def prepare(config, workdir: io.PathLike) -> Evaluator | None:
   """Trains (or reuses) the supernet in `workdir`; the evaluator on its weights, or None if stopped."""
   from oneshot import search, session as session_lib  # pylint: disable=import-outside-toplevel
   accel_space = validate(config)
   _check_supernet_config(config, workdir)
-  done = os.path.join(workdir, "search_result.json")
+  done = io.as_path(workdir) / "search_result.json"
   finished = False
-  if os.path.exists(done):
-    with open(done) as f:
-      finished = int(json.load(f).get("steps", -1)) == int(config.train.num_steps)
+  if done.exists():
+    finished = int(json.loads(done.read_text()).get("steps", -1)) == int(config.train.num_steps)
   if not finished and search.run(config, workdir) is None:
     return None
   sess = session_lib.build(config)
@@ -366,12 +365,11 @@ def _changed(old: dict, new: dict) -> list[str]:
   return sorted(k for k in set(old) & set(new) if old[k] != new[k])
 
 
-def _check_supernet_config(config, workdir: str) -> None:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+def _check_supernet_config(config, workdir: io.PathLike) -> None:
+  path = io.as_path(workdir) / "config.json"
+  if not path.exists():
     return
-  with open(path) as f:
-    old = json.load(f)
+  old = json.loads(path.read_text())
   # Only what shapes the weights tree: training settings may differ (search.run resumes with them).
   sections = ("space", "dataset")
   new = config.to_dict()
@@ -389,16 +387,15 @@ def _fingerprint(config) -> dict:
   return out
 
 
-def load_progress(config, workdir: str) -> dict:
-  path = os.path.join(workdir, STATE_FILE)
+def load_progress(config, workdir: io.PathLike) -> dict:
+  path = io.as_path(workdir) / STATE_FILE
   fresh = {"version": 1, "fingerprint": _fingerprint(config), "points": [], "proposals": 0,
            "feasible": 0, "rejected": 0, "duplicates": 0, "evaluations": 0, "outer_state": None,
            "accuracy_cache": {}, "wall_seconds": 0.0}
-  if not os.path.exists(path):
+  if not path.exists():
     return fresh
   try:
-    with open(path) as f:
-      progress = json.load(f)
+    progress = json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as e:
     raise UserError(f"cannot read {path} ({e}); delete it to restart the co-search") from None
   changed = _changed(progress.get("fingerprint", {}), fresh["fingerprint"])
@@ -418,7 +415,7 @@ def _flat(d: Any, prefix: str = "") -> dict:
   return out
 
 
-def run(config, workdir: str, *, stop_after: int | None = None,
+def run(config, workdir: io.PathLike, *, stop_after: int | None = None,
         evaluator: Evaluator | None = None) -> dict | None:
   """Runs or resumes the co-search; the cosearch.json dict, or None when stopped early.
 
@@ -443,7 +440,7 @@ def run(config, workdir: str, *, stop_after: int | None = None,
     prog["accuracy_cache"] = dict(ev.cache)
     prog["wall_seconds"] = time.time() - tic
     if primary:
-      io.write_json(os.path.join(workdir, STATE_FILE), prog)
+      io.write_json(workdir / STATE_FILE, prog)
 
   if not outer_loop(ev, config, progress, evaluate, save, stop_after):
     print(f"stopped after {len(progress['points'])} accelerators; run the same command to resume",
@@ -454,10 +451,10 @@ def run(config, workdir: str, *, stop_after: int | None = None,
 
 
 def _finish(progress, config, workdir, wall, primary) -> dict:
-  res = result(progress, config, wall, {"supernet_workdir": workdir})
+  res = result(progress, config, wall, {"supernet_workdir": os.fspath(workdir)})
   if primary:
-    io.write_json(os.path.join(workdir, RESULT_FILE), res)
-    plot(res, os.path.join(workdir, PLOT_FILE))
+    io.write_json(workdir / RESULT_FILE, res)
+    plot(res, workdir / PLOT_FILE)
   return res
 
 

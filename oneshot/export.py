@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import flags
+from etils import epath
 
 from oneshot import configuration, io
 from oneshot.errors import UserError
@@ -63,10 +64,11 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
-def export(workdir: str, out: str, *, dna_text: str | None = None,
+def export(workdir: io.PathLike, out: str, *, dna_text: str | None = None,
            recalibrate_batches: int = 20) -> dict:
   """Writes the export directory; returns the architecture.json record. Every input is checked before
-  anything is written, and the directory appears only once complete (temp dir + rename)."""
+  anything is written, and the directory appears only once complete (temp dir + rename; in a bucket,
+  architecture.json last)."""
   # pylint: disable=import-outside-toplevel  # keeps `load` free of supernet and search code
   from oneshot import spaces
   from oneshot import checkpoint, session as session_lib, supernet
@@ -98,32 +100,39 @@ def export(workdir: str, out: str, *, dna_text: str | None = None,
             "num_params": count_params(variables["params"]),
             "recalibrate_batches": recalibrate_batches, "recalibrate_batch_size": int(t.batch_size),
             "validation_accuracy": {"supernet_batch_stats": before, "recalibrated": after},
-            "source": {"workdir": os.path.abspath(workdir), "step": int(state["step"])},
+            "source": {"workdir": os.fspath(io.as_path(workdir)), "step": int(state["step"])},
             "checkpoint": CHECKPOINT_DIR}
-  _write_atomically(target, record, variables)
+  if io.is_remote(target):
+    _write_in_place(target, record, variables)
+  else:
+    _write_atomically(os.fspath(target), record, variables)
   return record
 
 
-def choose_dna(space, workdir: str, dna_text: str | None):
+def choose_dna(space, workdir: io.PathLike, dna_text: str | None):
   if dna_text is not None:
     return space.parse(dna_text)
-  path = os.path.join(workdir, "search_result.json")
-  if not os.path.exists(path):
+  path = io.as_path(workdir) / "search_result.json"
+  if not path.exists():
     raise UserError(f"{workdir} has no search_result.json (the search has not finished); pass "
                     "--dna 0,1,... to export a chosen architecture")
-  with open(path) as f:
-    return space.from_json(json.load(f))
+  return space.from_json(json.loads(path.read_text()))
 
 
-def _check_out(out: str) -> str:
-  """--out may be new, empty, or an earlier export (replaced); anything else is refused."""
-  target = os.path.abspath(os.path.expanduser(out))
-  if os.path.exists(target):
-    if not os.path.isdir(target):
+def _check_out(out: str) -> epath.Path:
+  """--out may be new, empty, or an earlier export (replaced), or in a bucket an export cut short
+  (its checkpoint without architecture.json, which is written last); anything else is refused."""
+  target = io.as_path(out)
+  if target.exists():
+    if not target.is_dir():
       raise UserError(f"--out {out} is a file; give a directory path")
-    if os.listdir(target) and not os.path.exists(os.path.join(target, ARCHITECTURE_FILE)):
+    names = {p.name for p in target.iterdir()}
+    if names and ARCHITECTURE_FILE not in names and names != {CHECKPOINT_DIR}:
       raise UserError(f"--out {out} exists and is not an export; pick a new or empty directory")
-  check_writable(target, "--out")
+  if io.is_remote(target):
+    io.ensure_workdir(target)  # the bucket answers, and can be written
+  else:
+    check_writable(os.fspath(target), "--out")
   return target
 
 
@@ -164,14 +173,24 @@ def _write_atomically(target: str, record: dict, variables: dict) -> None:
     raise
 
 
-def read_architecture(directory: str) -> dict:
-  path = os.path.join(directory, ARCHITECTURE_FILE)
-  if not os.path.exists(path):
+def _write_in_place(target: epath.Path, record: dict, variables: dict) -> None:
+  """In a bucket there is no directory rename: the checkpoint is written (orbax commits it on its
+  own), then architecture.json, the mark of a whole export; an earlier export there goes first."""
+  if target.exists():
+    target.rmtree()
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(target / CHECKPOINT_DIR, variables)
+    ckptr.wait_until_finished()
+  io.write_json(target / ARCHITECTURE_FILE, record)
+
+
+def read_architecture(directory: io.PathLike) -> dict:
+  path = io.as_path(directory) / ARCHITECTURE_FILE
+  if not path.exists():
     raise UserError(f"{directory} has no {ARCHITECTURE_FILE}; give a directory written by "
                     "`oneshot export --out DIR`")
   try:
-    with open(path) as f:
-      record = json.load(f)
+    record = json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as e:
     raise UserError(f"cannot read {path} ({e}); re-run `oneshot export`") from None
   missing = [k for k in ("space", "architecture", "skeleton", "num_classes", "image_shape")
@@ -206,14 +225,14 @@ def init_shapes(model: Any, image_shape: Sequence[int]) -> dict:
                         jnp.zeros((1,) + tuple(int(d) for d in image_shape), jnp.float32))
 
 
-def load(directory: str, model: Any = None) -> tuple[Any, dict]:
+def load(directory: io.PathLike, model: Any = None) -> tuple[Any, dict]:
   """(model, variables) of an export: `model.apply(variables, images, train=False)` gives logits.
   `model`: for an export of your own module, an instance of it (default: imported by its name)."""
   record = read_architecture(directory)
   model = build_model(record, model)
   abstract = init_shapes(model, record["image_shape"])
-  path = os.path.join(os.path.abspath(directory), record.get("checkpoint", CHECKPOINT_DIR))
-  if not os.path.isdir(path):
+  path = io.as_path(directory) / record.get("checkpoint", CHECKPOINT_DIR)
+  if not path.is_dir():
     raise UserError(f"{directory} has no {CHECKPOINT_DIR}/ checkpoint; re-run `oneshot export`")
   try:
     with ocp.StandardCheckpointer() as ckptr:

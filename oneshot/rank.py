@@ -27,10 +27,9 @@ recalibration and evaluation functions are compiled per child.
 
 from __future__ import annotations
 
-import io as io_lib
+import json
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Sequence
 
@@ -154,7 +153,7 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
   report = _report(archs, k)
   report.update({"standalone_setup": setup, "reused_standalone": sum(tuple(a["dna"]) in reused
                                                                       for a in archs),
-                 "space": space.name, "workdir": os.path.abspath(workdir), "train_steps": num_steps,
+                 "space": space.name, "workdir": os.fspath(io.as_path(workdir)), "train_steps": num_steps,
                  "train_seeds": train_seeds, "recalibrate_batches": recalibrate_batches,
                  "seed": seed, "standalone_split": "test", "supernet_split": "validation",
                  "timing": {"setup_seconds": setup_seconds,
@@ -166,7 +165,7 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
                             "mean_train_seconds_per_seed": trainer.seconds / max(trainer.runs, 1),
                             "total_seconds": time.time() - wall}})
   io.write_json(out, report)
-  plot(report, os.path.splitext(out)[0] + ".png")
+  plot(report, os.path.splitext(os.fspath(out))[0] + ".png")
   return report
 
 
@@ -220,10 +219,8 @@ def _reusable(path: str | None, setup: dict) -> dict:
   """DNA -> stand-alone fields of an earlier report with the same setup ({} without --reuse)."""
   if path is None:
     return {}
-  import json  # pylint: disable=import-outside-toplevel
   try:
-    with open(path, encoding="utf-8") as f:
-      old = json.load(f)
+    old = json.loads(io.as_path(path).read_text(encoding="utf-8"))
   except (OSError, ValueError) as e:
     raise UserError(f"cannot read --reuse {path}: {e}; give a rank.json written by oneshot rank") from None
   if json.loads(json.dumps(setup)) != old.get("standalone_setup"):
@@ -333,9 +330,9 @@ def search_percentile(archs: Sequence[dict]) -> float | None:
 
 def plot(report: dict, path: str) -> None:
   """Scatter of supernet vs stand-alone accuracy, the search result starred."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt
+  from oneshot import plots  # Agg backend; writes through io, so a bucket works too
   archs = report["archs"]
   fig, ax = plt.subplots(figsize=(5, 4.2))
   rest = [a for a in archs if not a["is_search_result"]]
@@ -352,31 +349,26 @@ def plot(report: dict, path: str) -> None:
   ax.legend(fontsize=8, loc="lower right")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  buffer = io_lib.BytesIO()
-  fig.savefig(buffer, format="png", dpi=110)
-  plt.close(fig)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".png")
-  with os.fdopen(fd, "wb") as f:
-    f.write(buffer.getvalue())
-  os.replace(tmp, path)
+  plots.save_figure(fig, path)
 
 
-def _search_dna(workdir: str, space: Space) -> DNA | None:
-  import json  # pylint: disable=import-outside-toplevel
-  path = os.path.join(workdir, "search_result.json")
-  if not os.path.exists(path):
+def _search_dna(workdir: io.PathLike, space: Space) -> DNA | None:
+  path = io.as_path(workdir) / "search_result.json"
+  if not path.exists():
     print(f"note: {workdir} has no search_result.json yet; ranking without the search result",
           file=sys.stderr)
     return None
-  with open(path) as f:
-    return space.from_json(json.load(f))
+  return space.from_json(json.loads(path.read_text()))
 
 
-def _check_out(out: str) -> str:
-  path = os.path.abspath(os.path.expanduser(out))
-  if os.path.isdir(path):
+def _check_out(out: str) -> io.PathLike:
+  path = io.as_path(out)
+  if path.is_dir():
     raise UserError(f"--out {out} is a directory; give a file name such as {out}/rank.json")
-  export.check_writable(path, "--out")
+  if io.is_remote(path):
+    io.ensure_workdir(path.parent)  # the bucket answers, and can be written
+  else:
+    export.check_writable(os.fspath(path), "--out")
   return path
 
 

@@ -10,6 +10,7 @@ are scored with the trained weights and the best on the whole validation split w
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ from typing import Sequence
 import jax
 import numpy as np
 from absl import flags
+from etils import epath
 
 from oneshot.controllers.base import marginal_entropy
 from oneshot.launch import distributed
@@ -45,7 +47,7 @@ def main(argv: Sequence[str]) -> int:
     return 0
   print(f"searched {result['space']} architecture {result['string']}: validation accuracy "
         f"{result['reward']:.4f} after {result['steps']} steps ({result['wall_seconds']:.0f} s); "
-        f"wrote {os.path.join(fv.workdir, 'search_result.json')}")
+        f"wrote {io.as_path(fv.workdir) / 'search_result.json'}")
   return 0
 
 
@@ -105,7 +107,7 @@ def latency_target(config, sess: session_lib.Session):
   return target_lib.build(config, sess.space, sess.dataset.image_shape, sess.dataset.num_classes)
 
 
-def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
+def run(config, workdir: io.PathLike, *, stop_after: int | None = None) -> dict | None:
   """Runs (or resumes) the search; returns the result dict, or None if stopped before the end.
 
   `stop_after` ends the run after that many steps (as a preemption would), for resume tests.
@@ -125,7 +127,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
     state = restored[1]
     print(f"resuming {workdir} from step {int(state['step'])}", file=sys.stderr)
   elif primary:
-    io.write_text(os.path.join(workdir, "config.json"), configuration.to_json(config))
+    io.write_text(workdir / "config.json", configuration.to_json(config))
   start = int(state["step"])
   state["params"] = steps.replicate(sess.mesh, state["params"])
   state["opt_state"] = steps.replicate(sess.mesh, state["opt_state"])
@@ -145,8 +147,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
   from oneshot.controllers.random import RandomController  # pylint: disable=import-outside-toplevel
   uniform = RandomController(sess.space)
   key = jax.random.wrap_key_data(np.asarray(state["key"]))
-  metrics_log = io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start,
-                              os.path.join(workdir, "tensorboard")) if primary else None
+  metrics_log = io.MetricsLog(workdir / "metrics.jsonl", start,
+                              workdir / "tensorboard") if primary else None
   history = _load_history(workdir, start) if primary else []
   progress = io.Progress(t.num_steps, t.log_every)
   wall_start = time.time() - float(_previous_wall(workdir))
@@ -219,6 +221,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
             metrics_log.write(row, _probability_scalars(sess.space, probabilities))
             history.append({"step": done, "probabilities": probabilities.tolist()})
         progress.update(done, text)
+        if saved and metrics_log is not None:
+          metrics_log.flush()  # in a bucket, rows are otherwise written every few seconds
         if saved:
           _save(mngr, state, workdir, history, wall_start, primary)
           pending.restart_clock()
@@ -258,27 +262,23 @@ def _save(mngr, state, workdir, history, wall_start, primary) -> None:
   # History first: a kill between the two writes then leaves history ahead of the checkpoint, which
   # resume trims (`_load_history`), rather than behind it, which would lose entries for good.
   if primary:
-    io.write_json(os.path.join(workdir, "controller_history.json"),
+    io.write_json(workdir / "controller_history.json",
                   {"wall_seconds": time.time() - wall_start, "history": history})
   checkpoint.save(mngr, int(state["step"]), state)
 
 
-def _load_history(workdir: str, start: int) -> list:
-  import json  # pylint: disable=import-outside-toplevel
-  path = os.path.join(workdir, "controller_history.json")
-  if start == 0 or not os.path.exists(path):
+def _load_history(workdir: epath.Path, start: int) -> list:
+  path = workdir / "controller_history.json"
+  if start == 0 or not path.exists():
     return []
-  with open(path) as f:
-    return [h for h in json.load(f)["history"] if h["step"] <= start]
+  return [h for h in json.loads(path.read_text())["history"] if h["step"] <= start]
 
 
-def _previous_wall(workdir: str) -> float:
-  import json  # pylint: disable=import-outside-toplevel
-  path = os.path.join(workdir, "controller_history.json")
-  if not os.path.exists(path):
+def _previous_wall(workdir: epath.Path) -> float:
+  path = workdir / "controller_history.json"
+  if not path.exists():
     return 0.0
-  with open(path) as f:
-    return float(json.load(f).get("wall_seconds", 0.0))
+  return float(json.loads(path.read_text()).get("wall_seconds", 0.0))
 
 
 def _finish(sess, state, workdir, history, wall_start, primary, target=None) -> dict:
@@ -301,10 +301,10 @@ def _finish(sess, state, workdir, history, wall_start, primary, target=None) -> 
             "num_devices": sess.num_devices,
             **(target.report(dna) if target is not None else {})}
   if primary:
-    io.write_json(os.path.join(workdir, "search_result.json"), result)
+    io.write_json(workdir / "search_result.json", result)
     try:
       from oneshot import plots  # pylint: disable=import-outside-toplevel
-      plots.controller_plot(sess.space, history, os.path.join(workdir, "controller.png"))
+      plots.controller_plot(sess.space, history, workdir / "controller.png")
     except ImportError:
       pass
   return result

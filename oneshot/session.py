@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any
 
 import jax
@@ -18,7 +17,7 @@ import numpy as np
 
 from oneshot import controllers
 from oneshot import spaces
-from oneshot import checkpoint, data, steps, supernet
+from oneshot import checkpoint, data, io, steps, supernet
 from oneshot.errors import UserError
 from oneshot.spaces.core import Space
 
@@ -191,17 +190,17 @@ def score_candidates(session: Session, params, dnas: np.ndarray, num_images: int
   return out
 
 
-def load_search_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+def load_search_config(workdir: io.PathLike) -> ml_collections.ConfigDict:
+  io.require_readable(workdir)
+  path = io.as_path(workdir) / "config.json"
+  if not path.exists():
     raise UserError(f"{workdir} has no config.json; it is not a search workdir (run `oneshot search "
                     f"--workdir {workdir}` first)")
-  with open(path) as f:
-    from oneshot.configuration import from_json  # pylint: disable=import-outside-toplevel
-    return from_json(f.read())
+  from oneshot.configuration import from_json  # pylint: disable=import-outside-toplevel
+  return from_json(path.read_text())
 
 
-def restore_params(session: Session, workdir: str):
+def restore_params(session: Session, workdir: io.PathLike):
   """The newest readable checkpointed search state of `workdir` (a dict: 'params', 'opt_state',
   'controller', 'key', 'step'), for a finished or interrupted search."""
   mngr = checkpoint.require_checkpoint(workdir)

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import flags
+from etils import epath
 
 from oneshot import checkpoint, configuration, data, export, io, steps
 from oneshot.errors import UserError
@@ -48,7 +49,7 @@ def main(argv: Sequence[str]) -> int:
     return 0
   print(f"trained {result['space']} {result['string']} for {result['steps']} steps "
         f"({result['wall_seconds']:.0f} s): test accuracy {result['test_accuracy']:.4f}, validation "
-        f"{result['validation_accuracy']:.4f}; wrote {os.path.join(fv.workdir, RESULT_FILE)}")
+        f"{result['validation_accuracy']:.4f}; wrote {io.as_path(fv.workdir) / RESULT_FILE}")
   return 0
 
 
@@ -89,7 +90,7 @@ def make_train_step(model: Any, tx: optax.GradientTransformation) -> Callable:
   return train_step
 
 
-def run(config: ml_collections.ConfigDict, arch_dir: str, workdir: str, *,
+def run(config: ml_collections.ConfigDict, arch_dir: io.PathLike, workdir: io.PathLike, *,
         init_from_export: bool = False, stop_after: int | None = None) -> dict | None:
   """Trains (or resumes); returns train_result.json's dict, or None when stopped early.
 
@@ -105,7 +106,7 @@ def run(config: ml_collections.ConfigDict, arch_dir: str, workdir: str, *,
     if int(t[name]) <= 0:
       raise UserError(f"--config.train.{name} must be positive, got {t[name]}")
   setup = {"space": record["space"], "dna": record["dna"], "string": record["string"],
-           "arch": os.path.abspath(arch_dir), "init_from_export": bool(init_from_export),
+           "arch": os.fspath(io.as_path(arch_dir)), "init_from_export": bool(init_from_export),
            "steps": num_steps}
   workdir = io.ensure_workdir(workdir)
   _check_setup(workdir, setup)
@@ -124,13 +125,12 @@ def run(config: ml_collections.ConfigDict, arch_dir: str, workdir: str, *,
     state = restored[1]
     print(f"resuming {workdir} from step {int(state['step'])}", file=sys.stderr)
   else:
-    io.write_text(os.path.join(workdir, "config.json"), configuration.to_json(config))
-    io.write_json(os.path.join(workdir, SETUP_FILE), setup)
+    io.write_text(workdir / "config.json", configuration.to_json(config))
+    io.write_json(workdir / SETUP_FILE, setup)
   start = int(state["step"])
 
   train_step = make_train_step(model, tx)
-  metrics_log = io.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start,
-                              os.path.join(workdir, "tensorboard"))
+  metrics_log = io.MetricsLog(workdir / "metrics.jsonl", start, workdir / "tensorboard")
   progress = io.Progress(num_steps, t.log_every)
   wall_start = time.time() - float(state["wall_seconds"])
   pending = steps.StepMetrics(t.max_nonfinite_steps)  # read on logged/checkpointed/last steps only
@@ -154,6 +154,7 @@ def run(config: ml_collections.ConfigDict, arch_dir: str, workdir: str, *,
           metrics_log.write(row)
       progress.update(done, text)
       if saved or stopping:
+        metrics_log.flush()
         checkpoint.save(mngr, done, state)
         pending.restart_clock()
       if stopping:
@@ -172,7 +173,7 @@ def run(config: ml_collections.ConfigDict, arch_dir: str, workdir: str, *,
                                                    t.eval_batch_size),
             "steps": int(state["step"]), "wall_seconds": time.time() - wall_start,
             "num_params": export.count_params(state["params"])}
-  io.write_json(os.path.join(workdir, RESULT_FILE), result)
+  io.write_json(workdir / RESULT_FILE, result)
   return result
 
 
@@ -185,14 +186,13 @@ def _check_dataset(record: dict, dataset: data.Dataset) -> None:
                     "use the search's dataset config")
 
 
-def _check_setup(workdir: str, setup: dict) -> None:
+def _check_setup(workdir: epath.Path, setup: dict) -> None:
   """A workdir resumes only the run it started: same architecture, same initialisation, same length."""
   import json  # pylint: disable=import-outside-toplevel
-  path = os.path.join(workdir, SETUP_FILE)
-  if not os.path.exists(path):
+  path = workdir / SETUP_FILE
+  if not path.exists():
     return
-  with open(path) as f:
-    previous = json.load(f)
+  previous = json.loads(path.read_text())
   for key in ("space", "dna", "init_from_export", "steps"):
     if previous.get(key) != setup[key]:
       raise UserError(f"{workdir} holds a run with {key}={previous.get(key)!r}, not {setup[key]!r}; "
