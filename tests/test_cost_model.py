@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -131,6 +133,16 @@ def test_reference_cases_cover_every_dataflow_kind_and_regime():
   assert {c["dataflow"] for c in cases} == {"ws", "os", "is"}
   assert {c["layer"]["kind"] for c in cases} == {layers.CONV, layers.DEPTHWISE, layers.DENSE}
   assert any(c["layer"]["stride"] > c["layer"]["R"] for c in cases)  # a strided 1x1
+
+
+def test_dram_benchmark_without_scalesim_is_one_line_exit_0():
+  """benchmarks/scalesim_dram.py needs the `.[scalesim]` extra; hidden here, it prints one line."""
+  script = pathlib.Path(__file__).parents[1] / "benchmarks" / "scalesim_dram.py"
+  hide = ("import runpy, sys; sys.modules['scalesim'] = None; "
+          f"runpy.run_path({str(script)!r}, run_name='__main__')")
+  proc = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+  assert proc.stdout.count("\n") == 1 and "pip install -e '.[scalesim]'" in proc.stdout
 
 
 def _random_batch(n=300, seed=0):
