@@ -66,6 +66,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
   if step in mngr.all_steps():
     _set_aside(mngr, step)
   _quiet_unretrieved_write_failures()
+  _drop_closed_loop_callbacks()  # before the save: a failing write can call back before we catch it
   quiet = _DropOrbaxRecords()
   logging.getLogger("absl").addFilter(quiet)
   try:
@@ -75,7 +76,6 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
     reason = _write_failure(e)
     if reason is None:
       raise
-    _drop_closed_loop_callbacks()
     try:
       mngr.wait_until_finished()
     except Exception:  # pylint: disable=broad-except  # the same failure, already being reported
@@ -185,17 +185,25 @@ def _write_failure(e: BaseException | None) -> str | None:
 def _drop_closed_loop_callbacks() -> None:
   """After a failed save, tensorstore still completes the writes orbax had started and calls back into
   orbax's event loop, which is closed by then: each callback raises 'Event loop is closed' as an
-  unraisable exception, printed with a traceback. Those (and only those) are dropped from now on; the
-  failure itself is reported once by the caller."""
-  previous = sys.unraisablehook
+  exception printed with a traceback. Those (and only those) are dropped from the first save on; the
+  failure itself is reported once by the caller. Installed once per process."""
+  if getattr(sys.excepthook, "drops_closed_loop_callbacks", False):
+    return
+  previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
 
-  def hook(unraisable):
-    exc = unraisable.exc_value
-    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-      return
-    previous(unraisable)
+  def closed_loop(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 
-  sys.unraisablehook = hook
+  def unraisable_hook(unraisable):
+    if not closed_loop(unraisable.exc_value):
+      previous_unraisable(unraisable)
+
+  def except_hook(kind, value, traceback):  # tensorstore's callbacks report through PyErr_Print
+    if not closed_loop(value):
+      previous_except(kind, value, traceback)
+
+  except_hook.drops_closed_loop_callbacks = True
+  sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
 
 
 def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[int, Any] | None:

@@ -25,7 +25,7 @@ import sys
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from oneshot import cli, data
+from oneshot import checkpoint, cli, data, session as session_lib, steps
 from tests.conftest import REPO, config_file, tiny_config
 
 NB201_OK = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
@@ -225,23 +225,34 @@ def test_tasks_that_died_of_a_failed_write_are_not_logged_after_the_error_line(m
 
 
 @pytest.mark.slow
-def test_full_workdir_while_checkpointing(tmp_path):
-  config = tiny_config(num_steps=4, checkpoint_every=2)
+def test_full_workdir_at_the_second_checkpoint(tmp_path):
+  """The disk fills while checkpoint 4 is written (tests/faults.py): one line on stderr besides the
+  progress lines, exit 2; checkpoint 2 and every file written before stay whole and usable."""
+  config = tiny_config(num_steps=6, checkpoint_every=2, log_every=2)
   config.compilation_cache_dir = ""  # the XLA cache is not under test (and not in the workdir)
   data.load(config.dataset)  # prepare the dataset (a first run writes it) before the disk "fills"
   workdir = tmp_path / "w"
-  # Room for config.json, metrics and history (a few kB), not for a checkpoint (tens of kB).
-  code, stderr = _run_with_file_size_limit(
-      ["search", "--config", config_file(tmp_path / "tiny.py", config), "--workdir", str(workdir)],
-      16 * 1024)
-  assert code == 2
-  _one_error_line(stderr, "cannot write checkpoint 2", "File too large", "free disk space", "resume")
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "faults.py"),
+                         "--full-disk-at-save", "4", "--", "search", "--config",
+                         config_file(tmp_path / "tiny.py", config), "--workdir", str(workdir)],
+                        capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert proc.returncode == 2
+  _one_error_line(proc.stderr, "cannot write checkpoint 4", "File too large", "free disk space",
+                  "resume")
+  other = [l for l in proc.stderr.splitlines()
+           if l.strip() and "error:" not in l and not re.match(r"step \d+/6 ", l)]
+  assert not other, proc.stderr
   assert not os.path.exists(workdir / "search_result.json")
-  assert not [n for n in os.listdir(workdir / "checkpoints")]  # the partial step was removed
+  assert os.listdir(workdir / "checkpoints") == ["2"]  # the partial step 4 was removed
   _no_temporary_files(workdir)
   json.loads((workdir / "config.json").read_text())  # what was written is whole
-  for line in (workdir / "metrics.jsonl").read_text().splitlines():
-    json.loads(line)
+  assert json.loads((workdir / "controller_history.json").read_text())["history"]
+  assert [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()] == [
+      2, 4]
+  sess = session_lib.build(config)
+  restored = checkpoint.restore_latest(checkpoint.manager(str(workdir), read_only=True),
+                                       sess.initial_state(steps.make_optimizer(config)))
+  assert restored is not None and int(restored[1]["step"]) == 2
 
 
 def test_full_workdir_at_the_first_write(tmp_path, tiny_file):
