@@ -109,6 +109,12 @@ def test_two_processes_equal_one_process_with_four_devices(reference, tmp_path):
                       two, tmp_path), tmp_path)
   assert "searched" in logs[0] and "searched" not in logs[1]  # process 0 reports, once
   assert not [n for n in os.listdir(two) if n.startswith(".tmp-")]
+  # Only process 0 writes result files: two writers would append every metrics row twice and leave
+  # two TensorBoard event files.
+  with open(os.path.join(two, "metrics.jsonl")) as f:
+    logged = [json.loads(line)["step"] for line in f]
+  assert logged == sorted(set(logged)) and logged[-1] == STEPS
+  assert len(os.listdir(os.path.join(two, "tensorboard"))) == 1
   _assert_matches(two, reference)
 
 

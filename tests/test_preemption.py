@@ -89,9 +89,19 @@ def _wait_for_checkpoint(proc: subprocess.Popen, workdir: str, log, timeout: flo
   raise AssertionError("no checkpoint within the timeout")
 
 
+def _faulty(fault: str, step: int, config_path: str, workdir: str) -> subprocess.CompletedProcess:
+  """The search command with a crash at a known point (tests/faults.py), in a fresh process."""
+  return subprocess.run([sys.executable, os.path.join(REPO, "tests", "faults.py"), f"--{fault}",
+                         str(step), "--", "search", "--config", config_path, "--workdir", workdir],
+                        cwd=REPO, capture_output=True, text=True, timeout=400)
+
+
 @pytest.mark.slow
-def test_sigkill_then_the_same_command_equals_an_uninterrupted_run(reference, tmp_path):
-  _kill_resume_and_compare(*reference, tmp_path)
+def test_sigkill_inside_a_checkpoint_save_then_the_same_command_equals_an_uninterrupted_run(
+    reference, tmp_path):
+  """Killed after checkpoint 4's arrays are written but before orbax commits it (a tmp directory
+  left behind), then run again: the same run as one without the kill."""
+  _kill_resume_and_compare(*reference, tmp_path, "kill-in-save", 4, previous_checkpoint=2)
 
 
 @pytest.mark.slow
@@ -101,31 +111,44 @@ def test_sigkill_resume_is_exact_for_a_gradient_controller(tmp_path):
   config.controller.name = "gdas"
   config.train.uniform_fraction = 0.0
   search.run(config, str(tmp_path / "uninterrupted"))
-  _kill_resume_and_compare(str(tmp_path / "uninterrupted"), config, tmp_path)
+  _kill_resume_and_compare(str(tmp_path / "uninterrupted"), config, tmp_path, "kill-before-save", 6,
+                           previous_checkpoint=4)
 
 
-def _kill_resume_and_compare(reference_dir: str, config, tmp_path) -> None:
+@pytest.mark.slow
+def test_metrics_line_cut_by_a_kill_with_the_default_executor_and_controller(tmp_path):
+  """What users run (executor auto -> switch, ENAS): killed halfway through metrics.jsonl's row for
+  step 6, before checkpoint 6; the cut line and the rows past checkpoint 4 are dropped on resume."""
+  config = tiny_config(num_steps=8, checkpoint_every=4, log_every=2)
+  config.space.stages = ((8, 1, 1), (12, 1, 2))  # fewer switch branches to compile, 3 times
+  config.supernet.executor = "auto"
+  config.controller.name = "enas"
+  config.controller.learning_rate = None  # ENAS's own
+  search.run(config, str(tmp_path / "uninterrupted"))
+  _kill_resume_and_compare(str(tmp_path / "uninterrupted"), config, tmp_path, "cut-metrics-at", 6,
+                           previous_checkpoint=4,
+                           check_killed=lambda w: not open(os.path.join(w, "metrics.jsonl")).read()
+                           .endswith("\n"))
+
+
+def _kill_resume_and_compare(reference_dir: str, config, tmp_path, fault: str, at: int, *,
+                             previous_checkpoint: int, check_killed=None) -> None:
   workdir = str(tmp_path / "w")
-  command = _command(config_file(tmp_path / "tiny.py", config), workdir)
-  with open(tmp_path / "killed.log", "w") as log:
-    proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    first = _wait_for_checkpoint(proc, workdir, log)
-    # Kill at the next moment of interest: while the next checkpoint is being written if the poll
-    # catches it, else as soon as it is complete.
-    while proc.poll() is None:
-      done, other = _listing(workdir)
-      if any(".orbax-checkpoint-tmp" in n for n in other) or done[-1] > first:
-        break
-      time.sleep(0.005)
-    assert proc.poll() is None, "the search finished before it could be killed; give it more steps"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-  done, _ = _listing(workdir)
-  assert not os.path.exists(os.path.join(workdir, "search_result.json")) and max(done) < STEPS
+  config_path = config_file(tmp_path / "tiny.py", config)
+  killed = _faulty(fault, at, config_path, workdir)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  done, other = _listing(workdir)
+  assert done[-1] == previous_checkpoint and not os.path.exists(
+      os.path.join(workdir, "search_result.json"))
+  if fault == "kill-in-save":
+    assert any(n.startswith(f"{at}.orbax-checkpoint-tmp") for n in other), other
+  if check_killed is not None:
+    assert check_killed(workdir)
 
-  again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
+  again = subprocess.run(_command(config_path, workdir), cwd=REPO, capture_output=True, text=True,
+                         timeout=400)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert re.search(r"resuming .* from step \d+", again.stderr)
+  assert f"from step {previous_checkpoint}" in again.stderr
   assert not [n for n in _listing(workdir)[1] if "tmp" in n]  # the cut save was cleaned up
   _assert_same_run(workdir, reference_dir, config)
 

@@ -1,5 +1,7 @@
 """The shard_map step is the pmapped TuNAS step: per-device paths, pmean of gradients."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,10 +18,10 @@ SPACE = spaces.build(CONFIG)
 B = 32
 
 
-@pytest.fixture(scope="module")
-def setup():
+@functools.lru_cache(maxsize=None)  # one supernet per executor for the module
+def _built(executor: str):
   assert jax.device_count() == 8, "conftest sets 8 CPU devices"
-  model = supernet.build(SPACE, 10, 1, "mask", "shift")
+  model = supernet.build(SPACE, 10, 1, executor, "shift")
   rng = np.random.default_rng(0)
   batch = {"image": rng.normal(size=(B, 8, 8, 1)).astype(np.float32),
            "label": rng.integers(0, 10, B).astype(np.int32)}
@@ -27,6 +29,11 @@ def setup():
                          jnp.zeros(SPACE.num_decisions, jnp.int32))
   params = variables.pop("params")
   return model, params, dict(variables), batch
+
+
+@pytest.fixture
+def setup():
+  return _built("mask")
 
 
 def _step(model, params, frozen, batch, paths, num_devices, sync=False):
@@ -48,16 +55,19 @@ def test_same_path_on_8_devices_equals_one_device_on_whole_batch(setup):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_different_paths_average_the_per_path_gradients(setup):
-  model, params, frozen, batch = setup
+@pytest.mark.parametrize("executor", ["switch", "mask"])
+def test_different_paths_average_the_per_path_gradients(executor):
+  """Both executors: `switch` is what `auto` picks on every platform (the default search, ENAS)."""
+  model, params, frozen, batch = _built(executor)
   paths = SPACE.sample(np.random.default_rng(2), 8)
   assert len({tuple(p) for p in paths}) > 1
   eight, _ = _step(model, params, frozen, batch, paths, 8)
 
+  @jax.jit  # one compile for the 8 paths (the DNA is traced)
   def grad(dna, shard):
     def loss(p):
-      logits = model.apply({"params": p, **frozen}, jnp.asarray(shard["image"]), jnp.asarray(dna))
-      return steps.cross_entropy(logits, jnp.asarray(shard["label"])).mean()
+      logits = model.apply({"params": p, **frozen}, shard["image"], dna)
+      return steps.cross_entropy(logits, shard["label"]).mean()
     return jax.grad(loss)(params)
 
   per = B // 8
