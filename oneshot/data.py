@@ -32,6 +32,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
+from oneshot import augment
+from oneshot import order
+from oneshot.order import permutation
 from oneshot.errors import UserError
 
 ROLES = ("train", "validation", "test")
@@ -85,10 +88,10 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
     digits = load_digits()
     images, labels = digits.images.astype(np.uint8)[..., None], digits.target
-    order = permutation(len(labels), DIGITS_SEED)
+    shuffled = permutation(len(labels), DIGITS_SEED)
     bounds = np.cumsum([0] + list(DIGITS_SPLIT_SIZES.values()))
     assert bounds[-1] == len(labels), "the split sizes must cover the 1797 digits"
-    return {name: self._generate_examples(images, labels, order[lo:hi])
+    return {name: self._generate_examples(images, labels, shuffled[lo:hi])
             for name, lo, hi in zip(DIGITS_SPLIT_SIZES, bounds[:-1], bounds[1:])}
 
   def _generate_examples(self, images: np.ndarray, labels: np.ndarray,
@@ -288,13 +291,7 @@ class Dataset:
       raise UserError(f"batch step must be >= 0, got {step}")
     start = step * batch_size + process_index * local
     positions = np.arange(start, start + local, dtype=np.int64)
-    epochs, offsets = np.divmod(positions, source.size)
-    indices = np.empty(local, np.int64)
-    salt = zlib.crc32(split.encode())
-    for epoch in np.unique(epochs):
-      rows = epochs == epoch
-      indices[rows] = _epoch_order(source.size, seed % 2**64, salt, int(epoch))[offsets[rows]]
-    images, labels = source.read(indices)
+    images, labels = source.read(order.records(source.size, seed, split, positions))
     return {"image": self._normalise(images), "label": labels}
 
   def iterate(self, split: str, batch_size: int, *, process_index: int = 0,
@@ -415,33 +412,6 @@ def load(config: Any) -> Dataset:
                  _inv_std=(1.0 / (std * scale)).astype(np.float32))
 
 
-def permutation(n: int, *keys: int) -> np.ndarray:
-  """A permutation of range(n) fixed by `keys` alone: indices sorted by a bijective 64-bit hash.
-
-  Unlike `np.random` streams this cannot change with a numpy upgrade, so splits and resumed data
-  orders stay exact across environments; as the hash is a bijection there are no ties.
-  """
-  h = np.zeros(1, np.uint64)
-  for key in keys:
-    h = _mix(h ^ np.uint64(int(key) % 2**64))
-  return np.argsort(_mix(np.arange(n, dtype=np.uint64) ^ h), kind="stable")
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-  """splitmix64's finaliser: a bijection on uint64 with good avalanche (array ops wrap silently)."""
-  x = x + np.uint64(0x9E3779B97F4A7C15)
-  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-  return x ^ (x >> np.uint64(31))
-
-
-@functools.lru_cache(maxsize=4)  # batches straddle at most two epochs
-def _epoch_order(n: int, seed: int, salt: int, epoch: int) -> np.ndarray:
-  order = permutation(n, seed, salt, epoch)
-  order.flags.writeable = False
-  return order
-
-
 def _local_size(batch_size: int, process_index: int, process_count: int) -> int:
   if batch_size <= 0:
     raise UserError(f"batch size must be positive, got {batch_size}")
@@ -475,25 +445,9 @@ class _Source:
 
   def _decode(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     examples = self.source.__getitems__([int(i) for i in indices]) if len(indices) else []
-    images = [_as_hwc(ex[self.image_key], self.resize) for ex in examples]
+    images = [augment.as_hwc(ex[self.image_key], self.resize) for ex in examples]
     labels = np.array([ex[self.label_key] for ex in examples], np.int32)
     return (np.stack(images) if images else np.zeros((0, 1, 1, 1), np.uint8)), labels
-
-
-def _as_hwc(image: np.ndarray, resize: int | None) -> np.ndarray:
-  image = np.asarray(image)
-  image = image[..., None] if image.ndim == 2 else image
-  if resize is None or image.shape[:2] == (resize, resize):
-    return image
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  h, w, c = image.shape
-  scale = resize / min(h, w)
-  size = (max(resize, round(w * scale)), max(resize, round(h * scale)))
-  pil = Image.fromarray(image[..., 0] if c == 1 else image).resize(size, Image.BILINEAR)
-  out = np.asarray(pil)
-  top, left = (out.shape[0] - resize) // 2, (out.shape[1] - resize) // 2
-  out = out[top:top + resize, left:left + resize]
-  return out[..., None] if out.ndim == 2 else out
 
 
 def _stats(name: str, train: _Source, scale: float) -> tuple[np.ndarray, np.ndarray]:
