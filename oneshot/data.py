@@ -34,6 +34,7 @@ from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
 from oneshot import augment
 from oneshot import order
+from oneshot import pipeline
 from oneshot.order import permutation
 from oneshot.errors import UserError
 
@@ -289,6 +290,9 @@ class Dataset:
     local = _local_size(batch_size, process_index, process_count)
     if step < 0:
       raise UserError(f"batch step must be >= 0, got {step}")
+    if source.pipeline is not None:  # read from disk and/or augmented: grain (oneshot/pipeline.py)
+      images, labels = source.pipeline.batch(step, local, seed, process_index, process_count)
+      return {"image": self._normalise(images), "label": labels}
     start = step * batch_size + process_index * local
     positions = np.arange(start, start + local, dtype=np.int64)
     images, labels = source.read(order.records(source.size, seed, split, positions))
@@ -313,6 +317,13 @@ class Dataset:
       images, labels = source.read(positions % source.size)
       mask = (positions < source.size).astype(np.float32)
       yield {"image": self._normalise(images), "label": labels, "mask": mask}
+
+  def close(self) -> None:
+    """Stops the grain pipelines' threads and worker processes now (they also stop at exit); a later
+    `batch` starts them again. For programs that load datasets repeatedly, e.g. benchmarks."""
+    for source in self._sources.values():
+      if source.pipeline is not None:
+        source.pipeline.close()
 
   def _source(self, split: str) -> _Source:
     if split not in self._sources:
@@ -355,7 +366,10 @@ def load(config: Any) -> Dataset:
   test_split (TFDS split specs, slicing allowed, e.g. 'train[:45000]'; empty: role absent),
   cache_in_memory (None: cache splits smaller than 256 MiB), image_size (only for datasets whose images
   vary in size: resize the shorter side and centre-crop), manual_dir (fashion_mnist's IDX files; empty:
-  /usr/share/datasets/fashion-mnist). `digits` and `fashion_mnist` are prepared on first use.
+  /usr/share/datasets/fashion-mnist), augment (the train split's, `oneshot/augment.py`), workers and
+  prefetch (grain's worker processes and batches read ahead). Splits held in memory and not augmented
+  are a numpy gather per batch (digits, Fashion-MNIST); the others go through grain
+  (`oneshot/pipeline.py`). `digits` and `fashion_mnist` are prepared on first use.
   """
   name = _field(config, "name", None)
   if not name:
@@ -390,6 +404,7 @@ def load(config: Any) -> Dataset:
     raise UserError(f"dataset {name!r} has images of varying size {shape}; set "
                     "--config.dataset.image_size (e.g. 224) to resize and centre-crop them")
   cache = _field(config, "cache_in_memory", None)
+  kind, workers, prefetch = _pipeline_fields(config)
   sources = {}
   for role in ROLES:
     spec = _field(config, f"{role}_split", role)
@@ -399,8 +414,13 @@ def load(config: Any) -> Dataset:
     resize = int(image_size) if image_size else None
     sources[role] = _Source(source, len(source), image_key, label_key, resize)
     small = len(source) * math.prod(shape) <= _CACHE_AUTO_BYTES
-    if small if cache is None else bool(cache):
-      sources[role].cache()
+    role_kind = kind if role == "train" else "none"  # rewards and accuracies: images as they are
+    if role_kind == "none" and (small if cache is None else bool(cache)):
+      sources[role].cache()  # a numpy gather per batch: faster than any pipeline at this size
+    else:
+      sources[role].pipeline = pipeline.Split(
+          source, role, augment.Example(role_kind, image_key, label_key, resize), workers=workers,
+          prefetch=prefetch)
   if "train" not in sources:
     raise UserError("no train split; set --config.dataset.train_split (e.g. 'train')")
   scale = float(getattr(builder, "PIXEL_MAX", 255.0 if features[image_key].np_dtype == np.uint8
@@ -429,6 +449,7 @@ class _Source:
   def __init__(self, source: Any, size: int, image_key: str, label_key: str, resize: int | None):
     self.source, self.size, self.resize = source, size, resize
     self.image_key, self.label_key = image_key, label_key
+    self.pipeline: pipeline.Split | None = None  # set: `Dataset.batch` reads through grain
     self._images: np.ndarray | None = None
     self._labels: np.ndarray | None = None
 
@@ -460,6 +481,18 @@ def _stats(name: str, train: _Source, scale: float) -> tuple[np.ndarray, np.ndar
   images = train.read(indices)[0].astype(np.float64) / scale
   axes = tuple(range(images.ndim - 1))
   return images.mean(axis=axes), np.maximum(images.std(axis=axes), 1e-3)
+
+
+def _pipeline_fields(config: Any) -> tuple[str, int, int]:
+  """(augment, workers, prefetch) from the dataset config, checked: one-line UserErrors."""
+  kind = augment.check(str(_field(config, "augment", "none") or "none"))
+  values = []
+  for key, low in (("workers", 0), ("prefetch", 1)):
+    value = _field(config, key, low)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+      raise UserError(f"--config.dataset.{key} must be an integer >= {low}, got {value!r}")
+    values.append(int(value))
+  return kind, values[0], values[1]
 
 
 def _field(config: Any, key: str, default: Any) -> Any:
