@@ -19,6 +19,7 @@ import re
 import sys
 import threading
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -81,6 +82,10 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
     except Exception:  # pylint: disable=broad-except  # the same failure, already being reported
       pass
     _join_orbax_threads()
+    # Fragments orbax had not started writing are dropped as never-awaited coroutines, which Python
+    # reports as a RuntimeWarning whenever they are collected (often at exit): the same failure again.
+    warnings.filterwarnings("ignore", r"coroutine '.*write_fragment' was never awaited",
+                            RuntimeWarning)
     if jax.process_index() == 0:  # free what the partial step took; the older steps stay intact
       _remove_partial_step(epath.Path(mngr.directory), step)
     raise UserError(f"cannot write checkpoint {step} in {mngr.directory}: {reason}; free disk space "

@@ -241,7 +241,7 @@ def test_full_workdir_at_the_second_checkpoint(tmp_path):
                   "resume")
   other = [l for l in proc.stderr.splitlines()
            if l.strip() and "error:" not in l and not re.match(r"step \d+/6 ", l)]
-  assert not other, proc.stderr
+  assert not other, other
   assert not os.path.exists(workdir / "search_result.json")
   assert os.listdir(workdir / "checkpoints") == ["2"]  # the partial step 4 was removed
   _no_temporary_files(workdir)
