@@ -18,9 +18,22 @@ import argparse
 import os
 import resource
 import signal
+import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def run(cli_args: list[str], fault: str | None = None, at: int | None = None, *,
+        bucket: str | None = None, cwd: str = REPO, timeout: float = 400
+        ) -> subprocess.CompletedProcess:
+  """`oneshot CLI_ARGS` in a fresh process through this launcher, with `fault` (e.g. 'kill-in-save')
+  at step `at` and/or against the fake bucket at `bucket`; stdout and stderr captured."""
+  options = ([] if bucket is None else ["--bucket", str(bucket)]) + (
+      [] if fault is None else [f"--{fault}", str(at)])
+  return subprocess.run([sys.executable, os.path.abspath(__file__), *options, "--", *cli_args],
+                        cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def _die() -> None:

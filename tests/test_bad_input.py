@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from oneshot import checkpoint, cli, data, session as session_lib, steps
+from tests import faults
 from tests.conftest import REPO, config_file, tiny_config
 
 NB201_OK = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
@@ -232,10 +233,8 @@ def test_full_workdir_at_the_second_checkpoint(tmp_path):
   config.compilation_cache_dir = ""  # the XLA cache is not under test (and not in the workdir)
   data.load(config.dataset)  # prepare the dataset (a first run writes it) before the disk "fills"
   workdir = tmp_path / "w"
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "faults.py"),
-                         "--full-disk-at-save", "4", "--", "search", "--config",
-                         config_file(tmp_path / "tiny.py", config), "--workdir", str(workdir)],
-                        capture_output=True, text=True, timeout=600, cwd=REPO)
+  proc = faults.run(["search", "--config", config_file(tmp_path / "tiny.py", config), "--workdir",
+                     str(workdir)], "full-disk-at-save", 4, timeout=600)
   assert proc.returncode == 2
   _one_error_line(proc.stderr, "cannot write checkpoint 4", "File too large", "free disk space",
                   "resume")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -15,11 +13,11 @@ import pytest
 
 from oneshot import api, checkpoint, io, search, session as session_lib, steps
 from oneshot.errors import UserError
-from tests.conftest import REPO, config_file, tiny_config
+from tests import faults
+from tests.conftest import config_file, tiny_config
 from tests.fake_bucket import fake_bucket
 
 STEPS, EVERY = 8, 2
-LAUNCHER = os.path.join(REPO, "tests", "faults.py")
 
 
 def _config():
@@ -27,9 +25,8 @@ def _config():
 
 
 def _run(root, cwd, args, kill_before_save=None):
-  fault = [] if kill_before_save is None else ["--kill-before-save", str(kill_before_save)]
-  return subprocess.run([sys.executable, LAUNCHER, "--bucket", str(root), *fault, "--", *args],
-                        cwd=cwd, capture_output=True, text=True, timeout=400)
+  return faults.run(args, None if kill_before_save is None else "kill-before-save", kill_before_save,
+                    bucket=root, cwd=cwd)
 
 
 def _state(workdir, config) -> dict:

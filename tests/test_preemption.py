@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from oneshot import checkpoint, cli, search, session as session_lib, steps
+from tests import faults
 from tests.conftest import REPO, config_file, tiny_config
 
 STEPS, EVERY = 12, 2
@@ -89,13 +90,6 @@ def _wait_for_checkpoint(proc: subprocess.Popen, workdir: str, log, timeout: flo
   raise AssertionError("no checkpoint within the timeout")
 
 
-def _faulty(fault: str, step: int, config_path: str, workdir: str) -> subprocess.CompletedProcess:
-  """The search command with a crash at a known point (tests/faults.py), in a fresh process."""
-  return subprocess.run([sys.executable, os.path.join(REPO, "tests", "faults.py"), f"--{fault}",
-                         str(step), "--", "search", "--config", config_path, "--workdir", workdir],
-                        cwd=REPO, capture_output=True, text=True, timeout=400)
-
-
 @pytest.mark.slow
 def test_sigkill_inside_a_checkpoint_save_then_the_same_command_equals_an_uninterrupted_run(
     reference, tmp_path):
@@ -135,7 +129,7 @@ def _kill_resume_and_compare(reference_dir: str, config, tmp_path, fault: str, a
                              previous_checkpoint: int, check_killed=None) -> None:
   workdir = str(tmp_path / "w")
   config_path = config_file(tmp_path / "tiny.py", config)
-  killed = _faulty(fault, at, config_path, workdir)
+  killed = faults.run(["search", "--config", config_path, "--workdir", workdir], fault, at)
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   done, other = _listing(workdir)
   assert done[-1] == previous_checkpoint and not os.path.exists(
