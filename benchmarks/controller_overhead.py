@@ -10,7 +10,6 @@ median supernet train step (the `auto` executor, batch of the config) measured i
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 
 import jax
@@ -18,18 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from oneshot import api
 from oneshot import controllers
 from oneshot import spaces
 from oneshot import supernet
 from oneshot.configuration import DEFAULT_CONFIG
 from oneshot.session import controller_config
-
-
-def _load(path):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def _median(fn, steps):
@@ -47,7 +40,7 @@ def main() -> None:
   parser.add_argument("--config", default=DEFAULT_CONFIG)
   parser.add_argument("--steps", type=int, default=50)
   args = parser.parse_args()
-  config = _load(args.config)
+  config = api.get_config(args.config)
   space = spaces.build(config.space)
   n = jax.device_count()
   k = int(config.train.get("reward_paths_per_device", 1))

@@ -16,27 +16,20 @@ Run: `python benchmarks/input_pipeline.py [--workers 0,1,2] [--batches 12] [--co
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import tempfile
 import time
 
 import numpy as np
 
+from oneshot import api
 from oneshot import data
 from oneshot import synthetic
 
-CASES = {  # synthetic config: (config file, delivery batch (None: the config's), timed step batch)
-    "cifar10": ("configs/cifar10.py", None, 32),
-    "imagenet": ("configs/imagenet_mobilenet.py", 128, 1),  # CPU-sized: 4096 x 224 px is for pods
+CASES = {  # synthetic config: (built-in config, delivery batch (None: the config's), timed step batch)
+    "cifar10": ("cifar10", None, 32),
+    "imagenet": ("imagenet_mobilenet", 128, 1),  # CPU-sized: 4096 x 224 px is for pods
 }
-
-
-def _config(path: str):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def delivered(name: str, data_dir: str, config, workers: int, batch: int, batches: int) -> float:
@@ -118,8 +111,8 @@ def main() -> None:
 
 def _case(kind: str, data_dir: str, args: argparse.Namespace) -> None:
   """Prints delivered images/s per worker count, consumed images/s and their ratios for one config."""
-  path, batch, step_batch = CASES[kind]
-  config = _config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path))
+  config_name, batch, step_batch = CASES[kind]
+  config, path = api.get_config(config_name), f"configs/{config_name}.py"
   t0 = time.perf_counter()
   name = synthetic.prepare(kind, data_dir)
   info = synthetic.SyntheticImages(config=kind, data_dir=data_dir).info

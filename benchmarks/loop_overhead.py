@@ -13,21 +13,14 @@ the host every step). Run: `python benchmarks/loop_overhead.py [--config configs
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import tempfile
 import time
 
 import jax
 
+from oneshot import api
 from oneshot import search, session as session_lib, steps
 from oneshot.configuration import DEFAULT_CONFIG
-
-
-def _load(path: str):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def loop_and_bare(config, skip: int) -> tuple[float, float]:
@@ -89,7 +82,7 @@ def main() -> None:
   args = parser.parse_args()
   skip = 10  # compilation and the first (slow) steps
   for phase, uniform_fraction in (("uniform warm-up", 1.0), ("controller", 0.0)):
-    config = _load(args.config)
+    config = api.get_config(args.config)
     t = config.train
     t.num_steps, t.uniform_fraction = skip + args.steps, uniform_fraction
     t.log_every, t.checkpoint_every = 10, 10**9  # the final step still checkpoints

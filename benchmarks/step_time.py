@@ -18,17 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from oneshot import api
 from oneshot import spaces
 from oneshot import supernet
 from oneshot.configuration import DEFAULT_CONFIG
-
-
-def _load(path):
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def _compile(step, args) -> float:
@@ -44,7 +37,7 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--executors", default="switch,switch_exact,mask")
   args = parser.parse_args()
-  config = _load(args.config)
+  config = api.get_config(args.config)
   space = spaces.build(config.space)
   batch = int(config.train.batch_size)
   x = jax.random.normal(jax.random.PRNGKey(1), (batch, 8, 8, 1))

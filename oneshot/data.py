@@ -35,7 +35,6 @@ from tensorflow_datasets.image_classification import mnist as tfds_mnist
 from oneshot import augment
 from oneshot import order
 from oneshot import pipeline
-from oneshot.order import permutation
 from oneshot.errors import UserError
 
 ROLES = ("train", "validation", "test")
@@ -89,7 +88,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
     digits = load_digits()
     images, labels = digits.images.astype(np.uint8)[..., None], digits.target
-    shuffled = permutation(len(labels), DIGITS_SEED)
+    shuffled = order.permutation(len(labels), DIGITS_SEED)
     bounds = np.cumsum([0] + list(DIGITS_SPLIT_SIZES.values()))
     assert bounds[-1] == len(labels), "the split sizes must cover the 1797 digits"
     return {name: self._generate_examples(images, labels, shuffled[lo:hi])

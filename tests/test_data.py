@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from oneshot import data
+from oneshot import data, order
 from oneshot.errors import UserError
 
 
@@ -53,10 +53,10 @@ def test_splits_are_disjoint_cover_all_and_match_sklearn(digits, data_dir):
 
 
 def test_split_is_a_pure_function_of_the_fixed_seed():
-  order = data.permutation(1797, data.DIGITS_SEED)
-  assert sorted(order) == list(range(1797))
-  np.testing.assert_array_equal(order, data.permutation(1797, data.DIGITS_SEED))
-  assert not np.array_equal(order, data.permutation(1797, data.DIGITS_SEED + 1))
+  shuffled = order.permutation(1797, data.DIGITS_SEED)
+  assert sorted(shuffled) == list(range(1797))
+  np.testing.assert_array_equal(shuffled, order.permutation(1797, data.DIGITS_SEED))
+  assert not np.array_equal(shuffled, order.permutation(1797, data.DIGITS_SEED + 1))
 
 
 def test_preparing_leaves_no_stray_folder_in_the_temp_dir(tmp_path, monkeypatch):
