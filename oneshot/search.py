@@ -97,6 +97,7 @@ def check(config) -> session_lib.Session:
   distributed.maybe_initialize()
   sess = session_lib.build(config)
   latency_target(config, sess)
+  warmup_sampler(config, sess)
   sess.initial_state(steps.make_optimizer(config))
   return sess
 
@@ -105,6 +106,24 @@ def latency_target(config, sess: session_lib.Session):
   """The config's `hardware` latency target for this space and dataset, or None (accuracy only)."""
   from oneshot.hardware import target as target_lib  # pylint: disable=import-outside-toplevel
   return target_lib.build(config, sess.space, sess.dataset.image_shape, sess.dataset.num_classes)
+
+
+def warmup_sampler(config, sess: session_lib.Session):
+  """The warm-up's path sampler: `train.warmup_sampler` uniform (Li & Talwalkar; TuNAS) or sandwich
+  (BigNAS: largest, smallest and two uniform paths of every four, see controllers/random.py)."""
+  # pylint: disable=import-outside-toplevel
+  from oneshot.controllers.random import RandomController, SandwichSampler
+  from oneshot.hardware import layers
+  if config.train.get("warmup_sampler", "uniform") == "uniform":
+    return RandomController(sess.space)
+  if sess.space.name not in ("mobilenet", "nasbench201"):
+    raise UserError(f"--config.train.warmup_sampler=sandwich orders networks by the layer table, which "
+                    f"space {sess.space.name!r} does not have; use uniform")
+
+  def size(dnas):
+    return layers.weight_counts(layers.layer_table(sess.space, dnas, sess.dataset.image_shape,
+                                                   sess.dataset.num_classes))
+  return SandwichSampler(sess.space, size)
 
 
 def run(config, workdir: io.PathLike, *, stop_after: int | None = None) -> dict | None:
@@ -116,6 +135,7 @@ def run(config, workdir: io.PathLike, *, stop_after: int | None = None) -> dict 
   _enable_compilation_cache(config)
   sess = session_lib.build(config)  # validates every name before anything is written
   target = latency_target(config, sess)
+  uniform = warmup_sampler(config, sess)
   workdir = io.ensure_workdir(workdir)
   primary = distributed.is_primary()
   t = config.train
@@ -144,8 +164,6 @@ def run(config, workdir: io.PathLike, *, stop_after: int | None = None) -> dict 
   n, pid, pcount = sess.num_devices, jax.process_index(), jax.process_count()
   uniform_steps = session_lib.uniform_steps(config)
   paths_per_device = max(1, int(t.get("reward_paths_per_device", 1)))
-  from oneshot.controllers.random import RandomController  # pylint: disable=import-outside-toplevel
-  uniform = RandomController(sess.space)
   key = jax.random.wrap_key_data(np.asarray(state["key"]))
   metrics_log = io.MetricsLog(workdir / "metrics.jsonl", start,
                               workdir / "tensorboard") if primary else None
@@ -166,7 +184,7 @@ def run(config, workdir: io.PathLike, *, stop_after: int | None = None) -> dict 
         num_reward = n * paths_per_device
         warming_up = step < uniform_steps
         if warming_up:
-          paths = uniform.propose(uniform.init(k_train), k_train, n)
+          paths = uniform.propose({"step": np.asarray(step)}, k_train, n)
         elif gradient:
           paths = sess.controller.train_paths(state["controller"], k_train, n)
         else:

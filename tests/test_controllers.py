@@ -252,3 +252,52 @@ def test_rank_advantage_is_scale_free_and_takes_batches(name):
   assert int(states[0]["window_count"]) == 8
   np.testing.assert_array_equal(controller.propose(states[0], jax.random.PRNGKey(9), 64),
                                 controller.propose(states[1], jax.random.PRNGKey(9), 64))
+
+
+# -- the sandwich warm-up (BigNAS) ---------------------------------------------------------------------
+def _sized_space():
+  from oneshot import spaces  # pylint: disable=import-outside-toplevel
+  from oneshot.hardware import layers  # pylint: disable=import-outside-toplevel
+  space = spaces.build({"name": "mobilenet", "stem_filters": 8, "stages": ((8, 2, 1), (16, 1, 2)),
+                        "kernel_sizes": (3, 5), "expansion_ratios": (3, 6),
+                        "width_multipliers": (0.5, 1.0), "allow_skip": True, "head_filters": 0})
+  return space, lambda dnas: layers.weight_counts(layers.layer_table(space, dnas, (8, 8, 1), 10))
+
+
+def test_weight_counts_by_hand():
+  space, size = _sized_space()
+  values = {"stage0/width": 0.5, "block0/kernel": 5, "block0/expansion": 3, "block1/kernel": 3,
+            "block1/expansion": 6, "block1/skip": True, "stage1/width": 1.0, "block2/kernel": 3,
+            "block2/expansion": 3}
+  dna = space.from_values(values)
+  stem = 3 * 3 * 1 * 8
+  block0 = 8 * 24 + 5 * 5 * 24 + 24 * 4       # stage width 8 * 0.5 = 4
+  block2 = 4 * 12 + 3 * 3 * 12 + 12 * 16     # block1 dropped: in 4, mid 12, out 16
+  dense = 16 * 10
+  assert size(np.asarray([dna]))[0] == stem + block0 + block2 + dense
+
+
+def test_sandwich_extremes_are_the_largest_and_smallest_networks():
+  from oneshot.controllers.random import SandwichSampler  # pylint: disable=import-outside-toplevel
+  space, size = _sized_space()
+  every = space.enumerate()
+  sampler = SandwichSampler(space, size)
+  sizes = size(every)
+  assert size(sampler.largest[None])[0] == sizes.max()
+  assert size(sampler.smallest[None])[0] == sizes.min()
+  assert tuple(sampler.largest) != tuple(sampler.smallest)
+
+
+@pytest.mark.parametrize("devices", [1, 2, 4, 8])
+def test_sandwich_gives_largest_and_smallest_one_path_in_four_each(devices):
+  from oneshot.controllers.random import SandwichSampler  # pylint: disable=import-outside-toplevel
+  space, size = _sized_space()
+  sampler = SandwichSampler(space, size)
+  paths = np.concatenate([sampler.propose({"step": np.asarray(step)}, jax.random.PRNGKey(step),
+                                          devices) for step in range(8)])
+  is_largest = (paths == sampler.largest).all(axis=1)
+  is_smallest = (paths == sampler.smallest).all(axis=1)
+  assert is_largest[::4].all() and is_smallest[1::4].all()  # slots 0, 4, 8, ...: devices, then steps
+  others = paths[(np.arange(len(paths)) % 4) >= 2]
+  assert len({tuple(p) for p in others}) > len(others) // 2  # the rest are uniform draws
+  assert all(space.is_valid(p) for p in paths)

@@ -189,6 +189,14 @@ def test_every_controller_searches_exports_and_loads_your_module(tmp_path, contr
   assert record["model"] == ["oneshot.nas", "FixedArchitecture"]
 
 
+def test_sandwich_warm_up_on_your_module_is_one_line_and_writes_nothing(tmp_path):
+  config = _config("tunas")
+  config.train.warmup_sampler = "sandwich"
+  with pytest.raises(UserError, match="sandwich orders networks by the layer table") as info:
+    api.search(config, str(tmp_path / "w"), data=_arrays(), model=Net())
+  assert "\n" not in str(info.value) and not (tmp_path / "w").exists()
+
+
 def test_recalibration_does_not_depend_on_your_batchnorm_momentum(tmp_path):
   """Our models' BN momentum is 0.9, Flax's default 0.99: recalibrated statistics are the union's."""
   space = _space()

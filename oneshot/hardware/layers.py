@@ -13,7 +13,7 @@ memory. Channels, kernel sizes and the valid mask are real [N, L] arrays.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -46,6 +46,15 @@ def layer_table(space: Space, dnas: np.ndarray, image_shape: Sequence[int] = (22
     raise UserError(f"no layer table for space {space.name!r}; the cost model knows 'mobilenet' "
                     "and 'nasbench201'")
   return table.arrays()
+
+
+def weight_counts(table: Mapping[str, np.ndarray]) -> np.ndarray:
+  """[N] weights of each architecture's valid conv, depthwise and dense layers (biases and BatchNorm
+  left out): the size order the sandwich rule's largest and smallest networks are chosen by."""
+  kind, r, s, c, m = (np.asarray(table[k], np.int64) for k in ("kind", "R", "S", "C", "M"))
+  per_layer = np.select([kind == CONV, kind == DEPTHWISE, kind == DENSE],
+                        [r * s * c * m, r * s * c, c * m], 0)
+  return (per_layer * table["valid"]).sum(axis=1)
 
 
 def describe(table: dict[str, np.ndarray], row: int = 0) -> list[str]:
