@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from oneshot import api
+from oneshot import api, runtime
 from oneshot import spaces
 from oneshot import supernet
 from oneshot.configuration import DEFAULT_CONFIG
@@ -37,6 +37,7 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--executors", default="switch,switch_exact,mask")
   args = parser.parse_args()
+  runtime.return_compile_memory()  # as search, rank and train do: the peak is one compile, not all
   config = api.get_config(args.config)
   space = spaces.build(config.space)
   batch = int(config.train.batch_size)

@@ -6,6 +6,7 @@ import importlib
 import sys
 from typing import Sequence
 
+from oneshot import runtime
 from oneshot.errors import UserError
 
 # command -> (module with `main(argv) -> int`, one-line description)
@@ -38,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           file=sys.stderr)
     return 2
   try:
+    runtime.return_compile_memory()
     module = importlib.import_module(COMMANDS[command][0])
     return int(module.main(rest) or 0)
   except UserError as e:

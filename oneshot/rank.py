@@ -83,7 +83,8 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
   """Scores the architectures and writes rank.json and rank.png; returns the report."""
   # pylint: disable=import-outside-toplevel
   from oneshot import spaces
-  from oneshot import checkpoint, session as session_lib, supernet, train
+  from oneshot import checkpoint, runtime, session as session_lib, supernet, train
+  runtime.return_compile_memory()
   wall = time.time()
   for name, value, least in (("--num-archs", num_archs, 2), ("--train-seeds", train_seeds, 1),
                              ("--recalibrate-batches", recalibrate_batches, 1)):

@@ -11,7 +11,6 @@ are scored with the trained weights and the best on the whole validation split w
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
@@ -24,7 +23,7 @@ from etils import epath
 
 from oneshot.controllers.base import marginal_entropy
 from oneshot.launch import distributed
-from oneshot import checkpoint, configuration, io, session as session_lib, steps
+from oneshot import checkpoint, configuration, io, runtime, session as session_lib, steps
 from oneshot.errors import UserError
 
 
@@ -131,8 +130,9 @@ def run(config, workdir: io.PathLike, *, stop_after: int | None = None) -> dict 
 
   `stop_after` ends the run after that many steps (as a preemption would), for resume tests.
   """
+  runtime.return_compile_memory()  # before any device work starts XLA's threads
   distributed.maybe_initialize()
-  _enable_compilation_cache(config)
+  runtime.enable_compilation_cache(config)
   sess = session_lib.build(config)  # validates every name before anything is written
   target = latency_target(config, sess)
   uniform = warmup_sampler(config, sess)
@@ -265,15 +265,6 @@ def _probability_scalars(space, probabilities) -> dict[str, float]:
   """TensorBoard tags `controller/<decision>/<choice>` for the controller's marginal probabilities."""
   return {f"controller/{d.name}/{choice}": float(probabilities[i, j])
           for i, d in enumerate(space.decisions) for j, choice in enumerate(d.choices)}
-
-
-def _enable_compilation_cache(config) -> None:
-  """Persist compiled steps across processes: a resumed or repeated search skips the compile (tens of
-  seconds for the switch executor on CPU). Empty `compilation_cache_dir` turns it off."""
-  directory = config.get("compilation_cache_dir", "~/.cache/oneshot/jax")
-  if directory:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def _save(mngr, state, workdir, history, wall_start, primary) -> None:

@@ -24,7 +24,7 @@ import optax
 from absl import flags
 from etils import epath
 
-from oneshot import checkpoint, configuration, data, export, io, steps
+from oneshot import checkpoint, configuration, data, export, io, runtime, steps
 from oneshot.errors import UserError
 
 SETUP_FILE = "train_setup.json"
@@ -96,6 +96,7 @@ def run(config: ml_collections.ConfigDict, arch_dir: io.PathLike, workdir: io.Pa
 
   `stop_after` ends the run after that many steps, as a preemption would (resume tests).
   """
+  runtime.return_compile_memory()
   record = export.read_architecture(arch_dir)
   dataset = data.load(config.dataset)
   _check_dataset(record, dataset)

@@ -1,0 +1,54 @@
+"""Process-wide XLA settings: the persistent compilation cache, and handing memory the compiler freed
+back to the operating system. Imports jax only when called (the CLI calls it before jax loads)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_M_ARENA_MAX = -8  # glibc malloc.h
+_trim_installed = False
+
+
+def enable_compilation_cache(config) -> None:
+  """Persist compiled steps across processes: a resumed or repeated search skips the compile (tens of
+  seconds for the switch executor on CPU). Empty `compilation_cache_dir` turns it off."""
+  import jax  # pylint: disable=import-outside-toplevel
+  directory = config.get("compilation_cache_dir", "~/.cache/oneshot/jax")
+  if directory:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def return_compile_memory() -> None:
+  """Keep XLA's compiles from holding freed memory: at most one glibc malloc arena per core, and after
+  every compile the heap pages it freed go back to the OS (`malloc_trim`).
+
+  Written by hand because no library does it: XLA:CPU compiles on worker threads, each with its own
+  glibc arena (up to 8 per core) that keeps what the compiler freed, and the next compile, on another
+  thread, cannot reuse it. Measured on the default digits search, cold caches: peak RSS 2.35-2.40 GB,
+  and 2.35 GB from the first step on while the run used 1.0-1.2 GB; trimming after each compile:
+  peak 2.24 GB (the first compile plus writing it to the persistent cache), then 1.0-1.2 GB; with one
+  arena per core as well: peak 1.82 GB, same results bit for bit. jax reports each compile through
+  `jax.monitoring`; a trim takes milliseconds. Arenas are capped only for threads started after the
+  first call, so the CLI calls this before it imports jax (search, rank and train call it too, for
+  Python callers). A no-op where the C library has no `malloc_trim` (macOS, musl). Idempotent."""
+  global _trim_installed
+  if _trim_installed:
+    return
+  try:
+    libc = ctypes.CDLL(None)
+    trim, mallopt = libc.malloc_trim, libc.mallopt
+  except (OSError, AttributeError):
+    return
+  mallopt(_M_ARENA_MAX, max(2, os.cpu_count() or 2))
+  import jax  # pylint: disable=import-outside-toplevel  (after the cap: jax may start threads)
+
+  def after_compile(event: str, duration: float, **kwargs) -> None:
+    del duration, kwargs
+    if event == _COMPILE_EVENT:
+      trim(0)
+
+  jax.monitoring.register_event_duration_secs_listener(after_compile)
+  _trim_installed = True
