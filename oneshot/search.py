@@ -115,7 +115,7 @@ def warmup_sampler(config, sess: session_lib.Session):
   from oneshot.hardware import layers
   if config.train.get("warmup_sampler", "uniform") == "uniform":
     return RandomController(sess.space)
-  if sess.space.name not in ("mobilenet", "nasbench201"):
+  if sess.space.name not in layers.SPACES:
     raise UserError(f"--config.train.warmup_sampler=sandwich orders networks by the layer table, which "
                     f"space {sess.space.name!r} does not have; use uniform")
 

@@ -25,6 +25,8 @@ CONV, DEPTHWISE, DENSE, POOL = 0, 1, 2, 3
 KIND_NAMES = ("conv", "depthwise", "dense", "pool")
 # H, W: input size; E, F: output size; stride: of the window (a global pool's stride is its window).
 FIELDS = ("kind", "R", "S", "C", "M", "H", "W", "E", "F", "stride", "valid")
+# The spaces this module can describe; the layer table's users (cost model, sandwich warm-up) ask here.
+SPACES = ("mobilenet", "nasbench201")
 
 
 def layer_table(space: Space, dnas: np.ndarray, image_shape: Sequence[int] = (224, 224, 3),
