@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from oneshot import data, order
+from oneshot import builders, data, order
 from oneshot.errors import UserError
 
 
@@ -29,7 +29,7 @@ def _rows(images: np.ndarray, labels: np.ndarray) -> collections.Counter:
 
 
 def _stored(data_dir: str, split: str) -> list[dict]:
-  source = data.Digits(data_dir=data_dir).as_data_source(split=split)
+  source = builders.Digits(data_dir=data_dir).as_data_source(split=split)
   return source.__getitems__(list(range(len(source))))
 
 
@@ -53,10 +53,10 @@ def test_splits_are_disjoint_cover_all_and_match_sklearn(digits, data_dir):
 
 
 def test_split_is_a_pure_function_of_the_fixed_seed():
-  shuffled = order.permutation(1797, data.DIGITS_SEED)
+  shuffled = order.permutation(1797, builders.DIGITS_SEED)
   assert sorted(shuffled) == list(range(1797))
-  np.testing.assert_array_equal(shuffled, order.permutation(1797, data.DIGITS_SEED))
-  assert not np.array_equal(shuffled, order.permutation(1797, data.DIGITS_SEED + 1))
+  np.testing.assert_array_equal(shuffled, order.permutation(1797, builders.DIGITS_SEED))
+  assert not np.array_equal(shuffled, order.permutation(1797, builders.DIGITS_SEED + 1))
 
 
 def test_preparing_leaves_no_stray_folder_in_the_temp_dir(tmp_path, monkeypatch):

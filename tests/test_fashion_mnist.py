@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from oneshot import data
+from oneshot import builders, data
 from oneshot.errors import UserError
 
 NAMES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -77,7 +77,7 @@ def no_network(monkeypatch, tmp_path):
   monkeypatch.setattr(socket, "create_connection", no_connect)
   for method in ("download", "download_and_extract"):
     monkeypatch.setattr(tfds.download.DownloadManager, method, offline)
-  monkeypatch.setattr(data.FashionMnistUint8, "DEFAULT_MANUAL_DIR", str(tmp_path / "no_debian"))
+  monkeypatch.setattr(builders.FashionMnistUint8, "DEFAULT_MANUAL_DIR", str(tmp_path / "no_debian"))
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_metadata(prepared):
 
 def test_pixels_and_labels_round_trip_in_stored_order(prepared):
   data_dir, ds = prepared
-  stored = data.FashionMnistUint8(data_dir=data_dir).as_data_source(split="train")
+  stored = builders.FashionMnistUint8(data_dir=data_dir).as_data_source(split="train")
   assert len(stored) == 30
   example = stored[29]
   assert example["image"].dtype == np.uint8 and example["image"].shape == (28, 28, 1)
@@ -131,7 +131,7 @@ def test_second_load_reuses_the_prepared_data(prepared, tmp_path):
 
 def test_unpacked_files_and_the_default_directory(monkeypatch, tmp_path):
   debian = _write_all(tmp_path / "debian", compress=False)
-  monkeypatch.setattr(data.FashionMnistUint8, "DEFAULT_MANUAL_DIR", debian)
+  monkeypatch.setattr(builders.FashionMnistUint8, "DEFAULT_MANUAL_DIR", debian)
   ds = data.load(_config(tmp_path / "tfds"))  # manual_dir unset: the default directory
   assert ds.split_sizes == {"train": 20, "validation": 10, "test": 10}
 
@@ -145,11 +145,11 @@ def test_downloaded_files_are_used_when_there_are_no_local_ones(monkeypatch, tmp
     asked.extend(urls.values())
     return {key: os.path.join(unpacked, os.path.basename(url)[:-3]) for key, url in urls.items()}
   monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", download_and_extract)
-  monkeypatch.setattr(data, "_unreachable", lambda url: None)  # as if online
+  monkeypatch.setattr(builders, "_unreachable", lambda url: None)  # as if online
   ds = data.load(_config(tmp_path / "tfds"))
   assert ds.split_sizes == {"train": 20, "validation": 10, "test": 10}
   assert sorted(os.path.basename(u) for u in asked) == sorted(n for p in NAMES.values() for n in p)
-  assert all(u.startswith(data.FashionMnistUint8.URL) for u in asked)
+  assert all(u.startswith(builders.FashionMnistUint8.URL) for u in asked)
 
 
 def _one_line(err: pytest.ExceptionInfo) -> str:
@@ -161,21 +161,21 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 
 def _nothing_prepared(data_dir) -> None:
   assert not os.path.exists(data_dir) or not os.listdir(data_dir), os.listdir(data_dir)
-  with data._no_info_from_bucket():  # pylint: disable=protected-access  # no stray /tmp folder
-    assert not data.FashionMnistUint8(data_dir=str(data_dir)).is_prepared()
+  with builders._no_info_from_bucket():  # pylint: disable=protected-access  # no stray /tmp folder
+    assert not builders.FashionMnistUint8(data_dir=str(data_dir)).is_prepared()
 
 
 @pytest.mark.parametrize("manual, failure", [(None, "unreachable"), ("empty", "unreachable"),
                                              ("empty", "download")])
 def test_missing_files_without_network_is_one_line(monkeypatch, tmp_path, manual, failure):
-  looked = data.FashionMnistUint8.DEFAULT_MANUAL_DIR if manual is None else str(tmp_path / manual)
+  looked = builders.FashionMnistUint8.DEFAULT_MANUAL_DIR if manual is None else str(tmp_path / manual)
   if manual:
     os.makedirs(looked)
   if failure == "unreachable":  # offline: the one connect fails, TFDS's slow retries never start
     monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract",
                         lambda *a, **k: pytest.fail("tried to download while unreachable"))
   else:  # the host answers but the download fails (proxy, checksum, ...)
-    monkeypatch.setattr(data, "_unreachable", lambda url: None)
+    monkeypatch.setattr(builders, "_unreachable", lambda url: None)
   with pytest.raises(UserError) as err:
     data.load(_config(tmp_path / "tfds", looked if manual else None))
   message = _one_line(err)
@@ -220,7 +220,7 @@ def test_real_debian_labels_if_installed():
   folder = "/usr/share/datasets/fashion-mnist"
   if not os.path.isdir(folder):
     pytest.skip("dataset-fashion-mnist is not installed")
-  read_idx = data._read_idx  # pylint: disable=protected-access
+  read_idx = builders._read_idx  # pylint: disable=protected-access
   labels = read_idx(os.path.join(folder, NAMES["test"][1]), (None,))
   assert labels.shape == (10000,) and np.bincount(labels).tolist() == [1000] * 10
 
