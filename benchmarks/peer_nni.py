@@ -7,18 +7,24 @@ a `ModelSpace` whose blocks are `LayerChoice`s, turned into a supernet by `Rando
 own loop is left out). In oneshot it is the `mobilenet` space with `stages=((32, 6, 1),)`, one width,
 no skip, run by the executor `auto` picks. Each supernet trains on a fresh uniform random path per step.
 
+`--devices N` (oneshot only) runs its step data-parallel over N XLA:CPU devices (one per core is
+item 2's lever: two devices keep two cores busier than XLA's intra-op threads do on 8x8 images), each device on its own uniform path
+and 64/N of the batch, gradients averaged: the TuNAS-style step `oneshot search` runs on N devices.
+The work per step is the peer's (64 images), spread over N paths instead of one.
+
 Rounds alternate the two contenders (`--rounds` x `--steps` steps each), so a change in machine load hits
 both; the figures are medians per round, then the mean/min/max over rounds, and the ratio
 oneshot/NNI (below 1: oneshot is faster). Both use every thread `--threads` allows (XLA:CPU's intra-op
 pool, torch.set_num_threads). Needs the optional extra: `pip install -e '.[peer]'`; without it this
 prints one line and exits 0.
-Run: `python benchmarks/peer_nni.py [--rounds 5] [--steps 20] [--threads 2]`.
+Run: `python benchmarks/peer_nni.py [--rounds 5] [--steps 20] [--threads 2] [--devices 1]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import time
 
@@ -86,13 +92,14 @@ def nni_step(threads: int):
   return step
 
 
-def oneshot_step():
-  """A callable running one oneshot supernet step on a fresh uniform path, and the executor used."""
+def oneshot_step(devices: int = 1):
+  """A callable running one oneshot supernet step on fresh uniform paths (one per device), the
+  executor used and the compile seconds."""
   # pylint: disable=import-outside-toplevel
   import jax
   import jax.numpy as jnp
   import optax
-  from oneshot import spaces, supernet
+  from oneshot import spaces, steps, supernet
 
   space = spaces.build(dict(name="mobilenet", stem_filters=WIDTH, stem_stride=1,
                             stages=((WIDTH, BLOCKS, 1),), kernel_sizes=KERNELS,
@@ -105,22 +112,34 @@ def oneshot_step():
   variables = model.init(jax.random.PRNGKey(0), x, jnp.zeros(space.num_decisions, jnp.int32))
   frozen = {k: v for k, v in variables.items() if k != "params"}
   tx = optax.sgd(0.01, momentum=0.9)
-
-  @jax.jit
-  def train(params, opt_state, dna):
-    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
-        model.apply({"params": p, **frozen}, x, dna), y).mean()
-    updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-  state = [variables["params"], tx.init(variables["params"])]
   rng = np.random.default_rng(0)
+
+  if devices == 1:
+    @jax.jit
+    def train(params, opt_state, dna):
+      loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+          model.apply({"params": p, **frozen}, x, dna), y).mean()
+      updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
+    state = [variables["params"], tx.init(variables["params"])]
+    run = lambda: train(*state, jnp.asarray(space.sample(rng)))
+  else:  # the search's own data-parallel step: per-device paths, pmean of the gradients
+    mesh = steps.make_mesh(devices)
+    train = steps.make_train_step(model, tx, mesh, frozen)
+    batch = steps.shard_batch(mesh, {"image": np.asarray(x), "label": np.asarray(y)})
+    state = [steps.replicate(mesh, variables["params"]),
+             steps.replicate(mesh, tx.init(variables["params"]))]
+    run = lambda: train(*state, batch, steps.shard_paths(
+        mesh, np.stack([space.sample(rng) for _ in range(devices)]).astype(np.int32)))[:2]
+
   tic = time.perf_counter()
-  jax.block_until_ready(train(*state, jnp.asarray(space.sample(rng))))
+  state[:] = run()
+  jax.block_until_ready(state[0])
   compile_s = time.perf_counter() - tic
 
   def step():
-    state[:] = train(*state, jnp.asarray(space.sample(rng)))
+    state[:] = run()
     jax.block_until_ready(state[0])
 
   return step, executor, compile_s
@@ -140,13 +159,21 @@ def main() -> int:
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--threads", type=int, default=2)
+  parser.add_argument("--devices", type=int, default=1,
+                      help="XLA:CPU devices for oneshot's step (data-parallel, one path each)")
   args = parser.parse_args()
+  if args.devices < 1 or BATCH % args.devices:
+    print(f"peer_nni: --devices must divide the batch of {BATCH}, got {args.devices}")
+    return 2
   missing = _missing_peer()
   if missing:
     print(f"peer_nni: skipped, the PyTorch peer is not installed ({missing}); "
           "pip install -e '.[peer]' to run it")
     return 0
-  ours, executor, compile_s = oneshot_step()
+  # Before jax is imported: the CPU platform makes its devices once.
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={args.devices}").strip()
+  ours, executor, compile_s = oneshot_step(args.devices)
   peer = nni_step(args.threads)
   for _ in range(3):  # warm both (allocator, autotuning) before anything is timed
     ours()
@@ -159,7 +186,8 @@ def main() -> int:
           flush=True)
   o, p = np.array(rows).T
   ratio = o / p
-  print(f"oneshot ({executor}, compile {compile_s:.1f} s): {o.mean():.1f} ms per step "
+  print(f"oneshot ({executor}, {args.devices} device{'s' * (args.devices > 1)}, compile "
+        f"{compile_s:.1f} s): {o.mean():.1f} ms per step "
         f"(min {o.min():.1f}, max {o.max():.1f})")
   print(f"NNI 3.0 RandomOneShot (PyTorch eager, {args.threads} threads): {p.mean():.1f} ms per step "
         f"(min {p.min():.1f}, max {p.max():.1f})")
