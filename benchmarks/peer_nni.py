@@ -7,9 +7,9 @@ a `ModelSpace` whose blocks are `LayerChoice`s, turned into a supernet by `Rando
 own loop is left out). In oneshot it is the `mobilenet` space with `stages=((32, 6, 1),)`, one width,
 no skip, run by the executor `auto` picks. Each supernet trains on a fresh uniform random path per step.
 
-`--devices N` (oneshot only) runs its step data-parallel over N XLA:CPU devices (one per core is
-item 2's lever: two devices keep two cores busier than XLA's intra-op threads do on 8x8 images), each device on its own uniform path
-and 64/N of the batch, gradients averaged: the TuNAS-style step `oneshot search` runs on N devices.
+`--devices N` (oneshot only) runs its step data-parallel over N XLA:CPU devices, each on its own
+uniform path and 64/N of the batch, gradients averaged: the TuNAS-style step `oneshot search` runs on
+N devices. One device per core keeps the cores busier than XLA's intra-op threads do on 8x8 images.
 The work per step is the peer's (64 images), spread over N paths instead of one.
 
 Rounds alternate the two contenders (`--rounds` x `--steps` steps each), so a change in machine load hits

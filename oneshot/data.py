@@ -5,8 +5,8 @@ Every dataset is read through `builder.as_data_source()` (array_record files), w
 hash-based permutations of (seed, split, epoch): resuming from a checkpoint at step k reproduces exactly
 the batches an uninterrupted run would have seen, and each process slices the same global batch, so
 multi-host runs agree without communicating. The default dataset, scikit-learn's digits, is a local TFDS
-builder (`digits`) that prepares itself in well under a second, so tests and the first run need no network;
-`fashion_mnist` is prepared from local IDX files (`oneshot.builders`).
+builder (`digits`) that prepares itself in well under a second, so tests and the first run need no
+network; `fashion_mnist` is prepared from local IDX files (`oneshot.builders`).
 """
 
 from __future__ import annotations
