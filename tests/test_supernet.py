@@ -81,6 +81,24 @@ def test_shift_depthwise_matches_xla_value_and_gradients(k, stride):
     np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("impl", ["shift", "xla"])
+@pytest.mark.parametrize("k,stride", [(3, 1), (5, 2), (7, 1)])
+def test_traced_kernel_size_runs_the_centre_of_the_largest_kernel(impl, k, stride):
+  """The switch executor's one depthwise op for all kernel sizes: a traced `size` on the 7x7 kernel
+  computes the k x k centre's convolution, and taps outside the centre get no gradient."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 6))
+  w = jax.random.normal(jax.random.PRNGKey(1), (7, 7, 6))
+  off = (7 - k) // 2
+  centre = lambda w: w[off:off + k, off:off + k]
+  loss = lambda x, w, size: jnp.sum(jnp.sin(ops.depthwise_conv2d(x, w, stride, impl, size)))
+  traced = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w, jnp.int32(k))
+  static = jax.value_and_grad(lambda x, c: loss(x, c, None), argnums=(0, 1))(x, centre(w))
+  np.testing.assert_allclose(traced[0], static[0], rtol=1e-5)
+  np.testing.assert_allclose(traced[1][0], static[1][0], atol=1e-5)
+  np.testing.assert_allclose(centre(traced[1][1]), static[1][1], atol=1e-4, rtol=1e-5)
+  assert not np.asarray(traced[1][1].at[off:off + k, off:off + k].set(0)).any()
+
+
 def test_unknown_executor_is_a_user_error():
   from oneshot.errors import UserError
   with pytest.raises(UserError, match="executor"):

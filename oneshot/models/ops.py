@@ -6,9 +6,10 @@ numbers (tested to 1e-5). The one op with two implementations is the depthwise c
 * `xla`: `lax.conv_general_dilated(feature_group_count=C)`, the right choice on TPU/GPU.
 * `shift`: on XLA:CPU the grouped convolution is ~20x slower than it should be (17.5 ms forward for
   7x7 on 64x8x8x96), and autodiff of a shifted multiply-add formulation leaves a ~25 ms weight gradient
-  made of 49 strided reductions. `shift` computes the forward pass and the input gradient as k*k shifted
-  multiply-adds and the weight gradient as one batched GEMM over channels followed by a gather of the
-  k*k diagonals (`benchmarks/depthwise_ops.py` measures all three; `auto` picks per platform).
+  made of 49 strided reductions. `shift` computes the forward pass and the input gradient as a loop
+  over the k*k shifted multiply-adds and the weight gradient as one batched GEMM over channels
+  followed by a gather of the k*k diagonals (`benchmarks/depthwise_ops.py` measures all three;
+  `auto` picks per platform).
 """
 
 from __future__ import annotations
@@ -40,39 +41,63 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
-                     impl: str = "xla") -> jax.Array:
-  """Depthwise k x k convolution, kernel [k, k, C], symmetric k//2 padding, then stride."""
+def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str = "xla",
+                     size: int | jax.Array | None = None) -> jax.Array:
+  """Depthwise convolution with the centre `size` x `size` taps of `kernel` [k, k, C] (all k x k when
+  `size` is None), symmetric size//2 padding, then stride.
+
+  `size` may be a traced int: a supernet block then compiles one depthwise op for all its kernel
+  sizes instead of one branch per size (with `shift`, the loop runs only the chosen size's taps).
+  """
   if impl == "xla":
-    p = kernel.shape[0] // 2
+    k = kernel.shape[0]
+    if size is not None:  # taps outside the centre are zeroed: the same sum, at k x k cost
+      kernel = kernel * _centre_mask(k, size)[:, :, None]
+    p = k // 2
     return lax.conv_general_dilated(x, kernel[:, :, None, :], (stride, stride), ((p, p), (p, p)),
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                     feature_group_count=x.shape[-1])
   if impl != "shift":
     raise ValueError(f"unknown depthwise impl {impl!r}")
-  out = _depthwise_shift(x, kernel)
+  size = jnp.asarray(kernel.shape[0] if size is None else size, jnp.int32)
+  out = _depthwise_shift(x, kernel, size)
   return out[:, ::stride, ::stride, :] if stride > 1 else out
 
 
-def _shift_forward(x, kernel):
+def _centre_mask(k: int, size) -> jax.Array:
+  """[k, k] float mask of the centre size x size taps (size may be traced)."""
+  r = np.abs(np.arange(k) - k // 2)
+  return (jnp.asarray(np.maximum(r[:, None], r[None, :])) <= size // 2).astype(jnp.float32)
+
+
+def _shift_forward(x, kernel, size=None):
+  """Sum over the centre size x size taps of x shifted by the tap times the tap's weights.
+
+  A loop over the taps rather than k*k unrolled multiply-adds: the same adds in the same order, but
+  one loop body in the program instead of k*k ops per depthwise layer (the supernet's train step has
+  ~100 of them: XLA:CPU compiled it in 14 s instead of 38 s, at the same step time), and the trip
+  count may be traced.
+  """
+  kernel = jnp.asarray(kernel)  # may be numpy (an exported child's): indexed by the traced tap
   k = kernel.shape[0]
-  p = k // 2
-  h, w = x.shape[1], x.shape[2]
+  size = k if size is None else size
+  p, off = k // 2, (k - size) // 2
   xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-  out = jnp.zeros(x.shape, jnp.result_type(x, kernel))
-  for i in range(k):
-    for j in range(k):
-      out = out + xp[:, i:i + h, j:j + w, :] * kernel[i, j]
-  return out
+
+  def tap(t, out):
+    i, j = off + t // size, off + t % size
+    return out + lax.dynamic_slice(xp, (0, i, j, 0), x.shape) * kernel[i, j]
+
+  return lax.fori_loop(0, size * size, tap, jnp.zeros(x.shape, jnp.result_type(x, kernel)))
 
 
 @jax.custom_vjp
-def _depthwise_shift(x, kernel):
-  return _shift_forward(x, kernel)
+def _depthwise_shift(x, kernel, size):
+  return _shift_forward(x, kernel, size)
 
 
-def _depthwise_shift_fwd(x, kernel):
-  return _shift_forward(x, kernel), (x, kernel)
+def _depthwise_shift_fwd(x, kernel, size):
+  return _shift_forward(x, kernel, size), (x, kernel, size)
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,20 +113,21 @@ def _diagonal_indices(k: int, h: int, w: int):
 
 
 def _depthwise_shift_bwd(res, g):
-  x, kernel = res
+  x, kernel, size = res
   k = kernel.shape[0]
   p = k // 2
   b, h, w, c = x.shape
-  # Input gradient: correlation of g with the flipped kernel, again as shifted multiply-adds.
-  dx = _shift_forward(g, kernel[::-1, ::-1])
+  # Input gradient: correlation of g with the flipped kernel (whose centre is the flipped centre),
+  # again as shifted multiply-adds.
+  dx = _shift_forward(g, kernel[::-1, ::-1], size)
   # Weight gradient: all (padded position, output position) products per channel in one batched
   # GEMM contracting the batch, then sum the k*k diagonals. XLA:CPU runs this ~15x faster than
-  # 49 separate multiply-reduce passes.
+  # 49 separate multiply-reduce passes. Taps outside the centre `size` were not used: zero.
   xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
   pairs = jnp.einsum("bpc,bqc->cpq", xp.reshape(b, -1, c), g.reshape(b, -1, c))
   src, dst = _diagonal_indices(k, h, w)
-  dk = pairs[:, src, dst].sum(-1).T.reshape(k, k, c)
-  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+  dk = pairs[:, src, dst].sum(-1).T.reshape(k, k, c) * _centre_mask(k, size)[:, :, None]
+  return dx.astype(x.dtype), dk.astype(kernel.dtype), None
 
 
 _depthwise_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)

@@ -7,10 +7,12 @@ separate per-choice weights, because they keep the supernet as small as its larg
 every child inherit trained weights directly (export is a slice).
 
 Executors decide how a traced choice becomes computation:
-* `switch`: `lax.switch` over statically sliced branches (expansion x kernel), `lax.cond` for dropped
-  blocks; stage widths stay channel masks inside each branch. Only the chosen kernel/expansion runs.
+* `switch`: `lax.switch` over statically sliced branches (one per expansion; also per kernel size
+  with XLA's grouped conv, while the CPU depthwise loop takes the kernel size as a traced trip count),
+  `lax.cond` for dropped blocks; stage widths stay channel masks inside each branch. Only the chosen
+  kernel/expansion runs.
 * `switch_exact`: also branches on the input and output widths, so every branch has exactly the child's
-  shapes (fastest steps), at ~4x the branches and ~2x the compile time of `switch`.
+  shapes (fastest steps), at ~4x the branches and compile time of `switch`.
 * `mask`: the largest block always runs; the choice is a mask on kernel taps and channels. No control
   flow, fastest to compile, but pays the largest child every step.
 Every branch is wrapped in `jax.checkpoint`: without it JAX's cond partial-eval zero-fills the residuals
@@ -145,16 +147,32 @@ class MobileNetSupernet(nn.Module):
         return kern, w.scale[:hidden], w.bias[:hidden]
       return w.kernel[off:off + k, off:off + k, :hidden], w.scale[:hidden], w.bias[:hidden]
 
+    def chosen_depthwise_weights(hidden, select):
+      """depthwise_weights of the kernel choice, kernels padded to kmax x kmax (the op reads their
+      centre at the chosen size). `select` picks from the per-size (kernel, scale, bias) stacks: an
+      index for the switch executors, a choice-weighted sum for `mask`."""
+      if self.depthwise_sharing == "centre":
+        w = weights[f"block{i}_depthwise"]
+        return w.kernel[:, :, :hidden], w.scale[:hidden], w.bias[:hidden]
+      pad = lambda w, k: jnp.pad(w, (((self.kmax - k) // 2,) * 2,) * 2 + ((0, 0),))
+      parts = [depthwise_weights(k, hidden) for k in kernels]
+      return tuple(select(jnp.stack([pad(p[0], k) if n == 0 else p[n]
+                                     for k, p in zip(kernels, parts)])) for n in range(3))
+
     def run(x, c_in, e, k, c_out, k_mask=None, hidden_mask=None, out_mask=None, depthwise=None):
-      """The block at static sizes: exactly the child's computation on prefix slices."""
+      """The block at static sizes: exactly the child's computation on prefix slices. k=None: the
+      traced kernel choice, run by one depthwise op that reads the chosen size's centre taps."""
       hidden = c_in * e
       h = ops.conv2d(x[..., :c_in], expand.kernel[:, :, :c_in, :hidden])
       h = nn.relu(ops.batch_norm(h, expand.scale[:hidden], expand.bias[:hidden],
                                  mask=hidden_mask)[0])
-      kern, dw_scale, dw_bias = depthwise or depthwise_weights(k, hidden)
+      size = None if k is not None else jnp.asarray(kernels, jnp.int32)[kernel.index]
+      kern, dw_scale, dw_bias = depthwise or (
+          depthwise_weights(k, hidden) if k is not None else
+          chosen_depthwise_weights(hidden, lambda stack: stack[kernel.index]))
       if k_mask is not None:
         kern = kern * k_mask[:, :, None]
-      h = ops.depthwise_conv2d(h, kern, stride, self.depthwise_impl)
+      h = ops.depthwise_conv2d(h, kern, stride, self.depthwise_impl, size)
       h = nn.relu(ops.batch_norm(h, dw_scale, dw_bias, mask=hidden_mask)[0])
       h = ops.conv2d(h, project.kernel[:, :, :hidden, :c_out])
       h = ops.batch_norm(h, project.scale[:c_out], project.bias[:c_out], mask=out_mask)[0]
@@ -179,35 +197,40 @@ class MobileNetSupernet(nn.Module):
       depthwise = None
       if self.depthwise_sharing != "centre":  # the chosen kernel's weights, padded to kmax
         onehot = kernel.weights.astype(x.dtype)
-        parts = [depthwise_weights(k, cin_max * self.emax) for k in kernels]
-        pad = lambda w, k: jnp.pad(w, (((self.kmax - k) // 2,) * 2,) * 2 + ((0, 0),))
-        depthwise = tuple(sum(onehot[j] * (pad(p[0], k) if n == 0 else p[n])
-                              for j, (k, p) in enumerate(zip(kernels, parts))) for n in range(3))
+        depthwise = chosen_depthwise_weights(cin_max * self.emax,
+                                             lambda stack: jnp.tensordot(onehot, stack, 1))
       return run(x, cin_max, self.emax, self.kmax, cout_max, k_mask, hidden_mask, out_mask,
                  depthwise)
+    # Kernel sizes are branches only for XLA's grouped conv; the CPU op runs the chosen size's taps in
+    # a loop (a traced trip count), so one branch serves all sizes: a third of the program to compile,
+    # at the same step time. Remat keeps XLA from zero-filling every branch's residuals.
+    kernel_branches = (None,) if self.depthwise_impl == "shift" else kernels
+    k_branch = 0 if kernel_branches == (None,) else k_idx
     if self.executor == "switch_exact":
       # Every shape-changing choice is a static branch: each runs exactly the child's shapes.
-      combos = list(itertools.product(cin_choices, ratios, kernels, cout_choices))
+      combos = list(itertools.product(cin_choices, ratios, kernel_branches, cout_choices))
       branches = [jax.checkpoint(functools.partial(run, c_in=a, e=e, k=k, c_out=c))
                   for a, e, k, c in combos]
-      index = ((cin_idx * len(ratios) + e_idx) * len(kernels) + k_idx) * len(cout_choices) + w_idx
+      index = (((cin_idx * len(ratios) + e_idx) * len(kernel_branches) + k_branch) *
+               len(cout_choices) + w_idx)
       return lax.switch(index, branches, x)
     if self.executor != "switch":
       raise ValueError(f"unknown executor {self.executor!r}")
-    # Expansion x kernel become static branches; widths stay masks inside each branch (branching on
-    # them too multiplies branches by 4 and XLA:CPU compile time by ~4 for a few % of step time).
-    # Remat keeps XLA from zero-filling every branch's residuals in the forward pass.
+    # Expansions (and kernels, see above) become static branches; widths stay masks inside each
+    # branch (branching on them too multiplies branches by 4 and XLA:CPU compile time by ~4 for a few
+    # % of step time).
     cin_active = jnp.asarray(cin_choices)[cin_idx]
     out_mask = (jnp.arange(cout_max) < jnp.asarray(cout_choices)[w_idx]).astype(x.dtype)
     single = len(cin_choices) == 1 and len(cout_choices) == 1
     branches = []
     for e in ratios:
-      for k in kernels:
+      for k in kernel_branches:
         hidden_mask = None if single else (jnp.arange(cin_max * e) < cin_active * e).astype(x.dtype)
         branches.append(jax.checkpoint(functools.partial(
             run, c_in=cin_max, e=e, k=k, c_out=cout_max, hidden_mask=hidden_mask,
             out_mask=None if single else out_mask)))
-    return lax.switch(e_idx * len(kernels) + k_idx, branches, x)
+    index = e_idx * len(kernel_branches) + k_branch
+    return lax.switch(index, branches, x)
 
 
 def _product(*gates):
