@@ -52,7 +52,7 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str
   if impl == "xla":
     k = kernel.shape[0]
     if size is not None:  # taps outside the centre are zeroed: the same sum, at k x k cost
-      kernel = kernel * _centre_mask(k, size)[:, :, None]
+      kernel = kernel * centre_mask(k, size)[:, :, None]
     p = k // 2
     return lax.conv_general_dilated(x, kernel[:, :, None, :], (stride, stride), ((p, p), (p, p)),
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -64,8 +64,8 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str
   return out[:, ::stride, ::stride, :] if stride > 1 else out
 
 
-def _centre_mask(k: int, size) -> jax.Array:
-  """[k, k] float mask of the centre size x size taps (size may be traced)."""
+def centre_mask(k: int, size: int | jax.Array) -> jax.Array:
+  """[k, k] float32 mask of the centre size x size taps of a k x k kernel (size may be traced)."""
   r = np.abs(np.arange(k) - k // 2)
   return (jnp.asarray(np.maximum(r[:, None], r[None, :])) <= size // 2).astype(jnp.float32)
 
@@ -126,7 +126,7 @@ def _depthwise_shift_bwd(res, g):
   xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
   pairs = jnp.einsum("bpc,bqc->cpq", xp.reshape(b, -1, c), g.reshape(b, -1, c))
   src, dst = _diagonal_indices(k, h, w)
-  dk = pairs[:, src, dst].sum(-1).T.reshape(k, k, c) * _centre_mask(k, size)[:, :, None]
+  dk = pairs[:, src, dst].sum(-1).T.reshape(k, k, c) * centre_mask(k, size)[:, :, None]
   return dx.astype(x.dtype), dk.astype(kernel.dtype), None
 
 

@@ -184,9 +184,7 @@ class MobileNetSupernet(nn.Module):
     if self.executor == "mask":
       # Every mask is the choice-weighted sum of the candidates' masks: the chosen one's for an int
       # DNA, a differentiable mixture for choice weights (FBNetV2's masking).
-      r = np.abs(np.arange(self.kmax) - self.kmax // 2)
-      k_mask = sum(kernel.weights[j].astype(x.dtype) *
-                   ((r[:, None] <= k // 2) & (r[None, :] <= k // 2)).astype(x.dtype)
+      k_mask = sum(kernel.weights[j].astype(x.dtype) * ops.centre_mask(self.kmax, k).astype(x.dtype)
                    for j, k in enumerate(kernels))
       hidden = np.arange(cin_max * self.emax)
       hidden_mask = sum(cin.weights[a].astype(x.dtype) * expansion.weights[j].astype(x.dtype) *
