@@ -2,7 +2,7 @@
 
 Prints, for a 7x7 depthwise conv on 64x8x8x96 (the shape the brief measured), the median time of XLA's
 grouped convolution, the shifted multiply-add with plain autodiff, and oneshot's `shift` op (custom VJP:
-shifted forward/input gradient, batched-GEMM weight gradient), plus the ratio to XLA. Run:
+shifted forward/input gradient, per-tap or batched-GEMM weight gradient), plus the ratio to XLA. Run:
 `python benchmarks/depthwise_ops.py`.
 """
 

@@ -99,6 +99,30 @@ def test_traced_kernel_size_runs_the_centre_of_the_largest_kernel(impl, k, strid
   assert not np.asarray(traced[1][1].at[off:off + k, off:off + k].set(0)).any()
 
 
+@pytest.mark.parametrize("path", ["gemm", "taps", "blocks"])
+@pytest.mark.parametrize("k,stride,h", [(3, 1, 8), (5, 2, 8), (7, 2, 7), (7, 1, 8)])
+def test_every_shift_weight_gradient_path_matches_xla(monkeypatch, path, k, stride, h):
+  """The shift op's three ways to the weight gradient (one batched GEMM, a loop of one reduction
+  per tap, that loop over blocks of images) give XLA's value and gradients, with a traced centre
+  size on a 7x7 kernel and odd sizes under stride 2. The shape thresholds that choose among them
+  are forced, since the shapes here are small."""
+  monkeypatch.setattr(ops, "_GEMM_BELOW", 1 << 30 if path == "gemm" else 0)
+  if path == "blocks":  # 4 images in blocks of 2
+    monkeypatch.setattr(ops, "_CACHE_FLOATS", 0)
+    monkeypatch.setattr(ops, "_BLOCK_FLOATS", 2 * h * h * 6)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, h, h, 6))
+  w = jax.random.normal(jax.random.PRNGKey(1), (7, 7, 6))
+  off = (7 - k) // 2
+  loss = lambda x, w, impl, size: jnp.sum(jnp.sin(ops.depthwise_conv2d(x, w, stride, impl, size)))
+  shift = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)(x, w, "shift",
+                                                                               jnp.int32(k))
+  xla = jax.value_and_grad(loss, argnums=(0, 1))(x, w[off:off + k, off:off + k], "xla", None)
+  np.testing.assert_allclose(shift[0], xla[0], rtol=1e-5)
+  np.testing.assert_allclose(shift[1][0], xla[1][0], atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(shift[1][1][off:off + k, off:off + k], xla[1][1], atol=1e-3, rtol=1e-4)
+  assert not np.asarray(shift[1][1].at[off:off + k, off:off + k].set(0)).any()
+
+
 def test_unknown_executor_is_a_user_error():
   from oneshot.errors import UserError
   with pytest.raises(UserError, match="executor"):

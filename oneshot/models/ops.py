@@ -7,9 +7,9 @@ numbers (tested to 1e-5). The one op with two implementations is the depthwise c
 * `shift`: on XLA:CPU the grouped convolution is ~20x slower than it should be (17.5 ms forward for
   7x7 on 64x8x8x96), and autodiff of a shifted multiply-add formulation leaves a ~25 ms weight gradient
   made of 49 strided reductions. `shift` computes the forward pass and the input gradient as a loop
-  over the k*k shifted multiply-adds and the weight gradient as one batched GEMM over channels
-  followed by a gather of the k*k diagonals (`benchmarks/depthwise_ops.py` measures all three;
-  `auto` picks per platform).
+  over the k*k shifted multiply-adds and the weight gradient as a loop of one reduction per tap, both
+  at the strided output positions only and over cache-sized blocks of images
+  (`benchmarks/depthwise_ops.py` measures all three; `auto` picks per platform).
 """
 
 from __future__ import annotations
@@ -60,8 +60,7 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str
   if impl != "shift":
     raise ValueError(f"unknown depthwise impl {impl!r}")
   size = jnp.asarray(kernel.shape[0] if size is None else size, jnp.int32)
-  out = _depthwise_shift(x, kernel, size)
-  return out[:, ::stride, ::stride, :] if stride > 1 else out
+  return _depthwise_shift(x, kernel, size, stride)
 
 
 def centre_mask(k: int, size: int | jax.Array) -> jax.Array:
@@ -70,8 +69,56 @@ def centre_mask(k: int, size: int | jax.Array) -> jax.Array:
   return (jnp.asarray(np.maximum(r[:, None], r[None, :])) <= size // 2).astype(jnp.float32)
 
 
-def _shift_forward(x, kernel, size=None):
-  """Sum over the centre size x size taps of x shifted by the tap times the tap's weights.
+# Activations of more than _CACHE_FLOATS floats (4 MiB, about a core's L2 on the CPUs measured) are
+# swept in blocks of whole images of about _BLOCK_FLOATS, so that the k*k passes over a block hit the
+# cache instead of memory: the weight gradient on 128x14x14x96 took 45-59 ms unblocked, 8-26 ms in
+# blocks of 4 images.
+_CACHE_FLOATS = 1 << 20
+_BLOCK_FLOATS = 1 << 17
+
+
+def _images_per_block(shape: tuple[int, ...]) -> int:
+  b, per_image = shape[0], int(np.prod(shape[1:]))
+  if b * per_image <= _CACHE_FLOATS:
+    return b
+  n = max(1, min(b, _BLOCK_FLOATS // per_image))
+  while b % n:
+    n -= 1
+  return n
+
+
+def _over_blocks(fn, b: int, n: int, init):
+  """fn(first image, carry) -> carry over the b // n blocks of n images (one call when n == b)."""
+  if n == b:
+    return fn(0, init)
+  return lax.fori_loop(0, b // n, lambda block, carry: fn(block * n, carry), init)
+
+
+def _tap_loop(x, k: int, size, stride: int, block_fn, init):
+  """Runs block_fn(tap_patch, first image, carry) -> carry over blocks of images.
+
+  tap_patch(t) is the input under tap t of the centre size x size taps of a k x k kernel, at the
+  output positions only (stride applied), for the block's images; it also returns the tap's (i, j).
+  """
+  b, h, w, c = x.shape
+  p, off = k // 2, (k - size) // 2
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  n = _images_per_block(x.shape)
+  ho, wo = -(-h // stride), -(-w // stride)
+  window = (n, (ho - 1) * stride + 1, (wo - 1) * stride + 1, c)
+
+  def block(start, carry):
+    def tap_patch(t):
+      i, j = off + t // size, off + t % size
+      return lax.dynamic_slice(xp, (start, i, j, 0), window)[:, ::stride, ::stride], i, j
+    return block_fn(tap_patch, start, n, carry)
+
+  return _over_blocks(block, b, n, init)
+
+
+def _shift_forward(x, kernel, size=None, stride: int = 1):
+  """Sum over the centre size x size taps of x shifted by the tap times the tap's weights, computed
+  at the strided output positions only.
 
   A loop over the taps rather than k*k unrolled multiply-adds: the same adds in the same order, but
   one loop body in the program instead of k*k ops per depthwise layer (the supernet's train step has
@@ -81,52 +128,85 @@ def _shift_forward(x, kernel, size=None):
   kernel = jnp.asarray(kernel)  # may be numpy (an exported child's): indexed by the traced tap
   k = kernel.shape[0]
   size = k if size is None else size
-  p, off = k // 2, (k - size) // 2
-  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  b, h, w, c = x.shape
+  ho, wo = -(-h // stride), -(-w // stride)
+  dtype = jnp.result_type(x, kernel)
 
-  def tap(t, out):
-    i, j = off + t // size, off + t % size
-    return out + lax.dynamic_slice(xp, (0, i, j, 0), x.shape) * kernel[i, j]
+  def block(tap_patch, start, n, out):
+    def tap(t, acc):
+      patch, i, j = tap_patch(t)
+      return acc + patch * kernel[i, j]
+    acc = lax.fori_loop(0, size * size, tap, jnp.zeros((n, ho, wo, c), dtype))
+    return acc if n == b else lax.dynamic_update_slice(out, acc, (start, 0, 0, 0))
 
-  return lax.fori_loop(0, size * size, tap, jnp.zeros(x.shape, jnp.result_type(x, kernel)))
-
-
-@jax.custom_vjp
-def _depthwise_shift(x, kernel, size):
-  return _shift_forward(x, kernel, size)
+  return _tap_loop(x, k, size, stride, block, jnp.zeros((b, ho, wo, c), dtype))
 
 
-def _depthwise_shift_fwd(x, kernel, size):
-  return _shift_forward(x, kernel, size), (x, kernel, size)
+# Below this many output elements, an unstrided weight gradient is one batched GEMM instead of the
+# tap loop, whose iterations then cost more than their work. Forward + both gradients, summed over
+# kernel sizes 3, 5, 7 (min of 15, interleaved): 128x7x7x72 19.2 ms as a GEMM, 20.3 ms as a loop;
+# 128x7x7x144 42.3 against 31.9; 128x14x14x24 42.5 against 39.5; strided 128x14x14x48 96.5
+# against 29.0 (the loop visits the output positions only).
+_GEMM_BELOW = 1 << 19
 
 
 @functools.lru_cache(maxsize=None)
-def _diagonal_indices(k: int, h: int, w: int):
-  """Index pairs (padded position, output position) whose products sum to each kernel tap."""
-  p = k // 2
-  wp = w + 2 * p
-  ii, jj, hh, ww = np.meshgrid(np.arange(k), np.arange(k), np.arange(h), np.arange(w),
+def _diagonal_indices(k: int, h: int, w: int, stride: int):
+  """Index pairs (padded input position, output position) whose products sum to each kernel tap."""
+  ho, wo, wp = -(-h // stride), -(-w // stride), w + k - 1
+  ii, jj, hh, ww = np.meshgrid(np.arange(k), np.arange(k), np.arange(ho), np.arange(wo),
                                indexing="ij")
-  src = ((hh + ii) * wp + (ww + jj)).reshape(k * k, h * w)
-  dst = (hh * w + ww).reshape(k * k, h * w)
+  src = ((hh * stride + ii) * wp + (ww * stride + jj)).reshape(k * k, ho * wo)
+  dst = (hh * wo + ww).reshape(k * k, ho * wo)
   return src, dst
 
 
-def _depthwise_shift_bwd(res, g):
-  x, kernel, size = res
-  k = kernel.shape[0]
-  p = k // 2
+def _kernel_grad(x, g, k: int, size, stride: int):
+  """dk[i, j] = sum over images and output positions of (input under tap (i, j)) * g, for the
+  centre size x size taps (the others were not used: zero).
+
+  One reduction per tap and block of images. On small activations, all (padded position, output
+  position) products per channel in one batched GEMM contracting the batch, then the sums of the
+  k*k diagonals: ~8x the needed multiplies on 14x14 (and every kernel size at 7x7 cost), but no
+  loop, which wins where the loop's iterations cost more than their work."""
   b, h, w, c = x.shape
-  # Input gradient: correlation of g with the flipped kernel (whose centre is the flipped centre),
-  # again as shifted multiply-adds.
-  dx = _shift_forward(g, kernel[::-1, ::-1], size)
-  # Weight gradient: all (padded position, output position) products per channel in one batched
-  # GEMM contracting the batch, then sum the k*k diagonals. XLA:CPU runs this ~15x faster than
-  # 49 separate multiply-reduce passes. Taps outside the centre `size` were not used: zero.
-  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-  pairs = jnp.einsum("bpc,bqc->cpq", xp.reshape(b, -1, c), g.reshape(b, -1, c))
-  src, dst = _diagonal_indices(k, h, w)
-  dk = pairs[:, src, dst].sum(-1).T.reshape(k, k, c) * centre_mask(k, size)[:, :, None]
+  if stride == 1 and g.size < _GEMM_BELOW:
+    p = k // 2
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    pairs = jnp.einsum("bpc,bqc->cpq", xp.reshape(b, -1, c), g.reshape(b, -1, c))
+    src, dst = _diagonal_indices(k, h, w, stride)
+    return pairs[:, src, dst].sum(-1).T.reshape(k, k, c) * centre_mask(k, size)[:, :, None]
+
+  def block(tap_patch, start, n, dk):
+    g_block = lax.dynamic_slice_in_dim(g, start, n, 0)
+    def tap(t, dk):
+      patch, i, j = tap_patch(t)
+      total = lax.dynamic_slice(dk, (i, j, 0), (1, 1, c)) + (patch * g_block).sum((0, 1, 2))
+      return lax.dynamic_update_slice(dk, total, (i, j, 0))
+    return lax.fori_loop(0, size * size, tap, dk)
+
+  return _tap_loop(x, k, size, stride, block, jnp.zeros((k, k, c), g.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _depthwise_shift(x, kernel, size, stride):
+  return _shift_forward(x, kernel, size, stride)
+
+
+def _depthwise_shift_fwd(x, kernel, size, stride):
+  return _shift_forward(x, kernel, size, stride), (x, kernel, size)
+
+
+def _depthwise_shift_bwd(stride, res, g):
+  x, kernel, size = res
+  # Input gradient: correlation of g (back at the input's resolution, zeros between strided outputs)
+  # with the flipped kernel, whose centre is the flipped centre: again shifted multiply-adds.
+  if stride > 1:
+    g_full = jnp.zeros(x.shape, g.dtype).at[:, ::stride, ::stride].set(g)
+  else:
+    g_full = g
+  dx = _shift_forward(g_full, kernel[::-1, ::-1], size)
+  dk = _kernel_grad(x, g, kernel.shape[0], size, stride)
   return dx.astype(x.dtype), dk.astype(kernel.dtype), None
 
 
