@@ -35,8 +35,9 @@ def get_config():
       head_filters=128,                     # a 1x1 head conv at 4x4: capacity almost for free
   )
   # 2,750 steps: with the faster depthwise gradient they fit in 15 minutes on 2 cores (14:41 wall on
-  # seed 1, reward 0.8892); 2,500 steps left the reward at 0.8763-0.8794 on three runs (seeds 0, 1) and
-  # 3,000 reached 0.8968 (seed 0) in 14:54, too close to the limit. See the README.
+  # seed 1, reward 0.8892; seed 2 0.8842; seed 0 only 0.8781); 2,500 steps left the reward at
+  # 0.8763-0.8794 on three runs (seeds 0, 1) and 3,000 reached 0.8968 (seed 0) in 14:54, too close to
+  # the limit. See the README.
   c.train.num_steps = 2750
   c.train.uniform_fraction = 0.5     # half the steps on uniform paths before the controller learns
   c.train.batch_size = 128
