@@ -151,13 +151,14 @@ _GEMM_BELOW = 1 << 19
 
 
 @functools.lru_cache(maxsize=None)
-def _diagonal_indices(k: int, h: int, w: int, stride: int):
-  """Index pairs (padded input position, output position) whose products sum to each kernel tap."""
-  ho, wo, wp = -(-h // stride), -(-w // stride), w + k - 1
-  ii, jj, hh, ww = np.meshgrid(np.arange(k), np.arange(k), np.arange(ho), np.arange(wo),
+def _diagonal_indices(k: int, h: int, w: int):
+  """Index pairs (padded input position, output position) whose products sum to each kernel tap of
+  an unstrided layer (the GEMM path; strided layers take the tap loop)."""
+  wp = w + k - 1
+  ii, jj, hh, ww = np.meshgrid(np.arange(k), np.arange(k), np.arange(h), np.arange(w),
                                indexing="ij")
-  src = ((hh * stride + ii) * wp + (ww * stride + jj)).reshape(k * k, ho * wo)
-  dst = (hh * wo + ww).reshape(k * k, ho * wo)
+  src = ((hh + ii) * wp + (ww + jj)).reshape(k * k, h * w)
+  dst = (hh * w + ww).reshape(k * k, h * w)
   return src, dst
 
 
@@ -174,7 +175,7 @@ def _kernel_grad(x, g, k: int, size, stride: int):
     p = k // 2
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
     pairs = jnp.einsum("bpc,bqc->cpq", xp.reshape(b, -1, c), g.reshape(b, -1, c))
-    src, dst = _diagonal_indices(k, h, w, stride)
+    src, dst = _diagonal_indices(k, h, w)
     return pairs[:, src, dst].sum(-1).T.reshape(k, k, c) * centre_mask(k, size)[:, :, None]
 
   def block(tap_patch, start, n, dk):
