@@ -102,4 +102,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.select.num_candidates = 100
   c.select.score_images = 256
   c.select.top_k = 10
+  # Finalists' rescore: 0 with batch-statistics BN (as the search's rewards); N > 0 as the standalone
+  # child `oneshot export` writes, BN recalibrated on N train batches, so `reward` is the exported
+  # child's validation accuracy (one child compile per finalist).
+  c.select.recalibrate_batches = 0
   return c

@@ -71,7 +71,7 @@ def export(workdir: io.PathLike, out: str, *, dna_text: str | None = None,
   architecture.json last)."""
   # pylint: disable=import-outside-toplevel  # keeps `load` free of supernet and search code
   from oneshot import spaces
-  from oneshot import checkpoint, session as session_lib, supernet
+  from oneshot import checkpoint, session as session_lib
   if recalibrate_batches < 1:
     raise UserError(f"--recalibrate-batches must be >= 1, got {recalibrate_batches}: the supernet keeps "
                     "no BatchNorm statistics, so the child needs at least one batch")
@@ -84,14 +84,8 @@ def export(workdir: io.PathLike, out: str, *, dna_text: str | None = None,
   state = session_lib.restore_params(sess, workdir)
   params = state["params"]
   before = session_lib.evaluate(sess, params, dna, "validation")
-  ds = sess.dataset
-  model = supernet.child_model(space, dna, ds.num_classes, ds.image_shape[-1],
-                               config.supernet.depthwise)
-  variables = jax.device_get(supernet.child_variables(space, sess.variables(params), dna))
-  runner = ChildRunner(model)
-  t = config.train
-  variables = runner.recalibrate(variables, (ds.batch("train", i, t.batch_size, config.seed)
-                                             for i in range(recalibrate_batches)))
+  ds, t = sess.dataset, config.train
+  runner, variables = recalibrated_child(sess, params, dna, recalibrate_batches)
   after = runner.accuracy(variables, ds, "validation", t.eval_batch_size)
   record = {**space.to_json(dna), "format_version": FORMAT_VERSION,
             "skeleton": _plain(dict(space.skeleton)), "model": list(CHILD_MODELS[space.name]),
@@ -246,6 +240,22 @@ def load(directory: io.PathLike, model: Any = None) -> tuple[Any, dict]:
 
 def count_params(tree: Any) -> int:
   return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(tree)))
+
+
+def recalibrated_child(sess: Any, params: Any, dna: Any,
+                       recalibrate_batches: int) -> tuple["ChildRunner", dict]:
+  """(runner, variables): the standalone child `dna` with the supernet's weights `params` and every
+  BatchNorm's statistics recalibrated on the first `recalibrate_batches` train batches (Once-for-All).
+  What `export` writes, and what the search rescores its finalists with (`select.recalibrate_batches`)."""
+  from oneshot import supernet  # pylint: disable=import-outside-toplevel
+  config, ds = sess.config, sess.dataset
+  model = supernet.child_model(sess.space, dna, ds.num_classes, ds.image_shape[-1],
+                               config.supernet.depthwise)
+  variables = jax.device_get(supernet.child_variables(sess.space, sess.variables(params), dna))
+  runner = ChildRunner(model)
+  batches = (ds.batch("train", i, config.train.batch_size, config.seed)
+             for i in range(recalibrate_batches))
+  return runner, runner.recalibrate(variables, batches)
 
 
 class ChildRunner:

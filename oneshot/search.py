@@ -299,7 +299,11 @@ def _finish(sess, state, workdir, history, wall_start, primary, target=None) -> 
   dna, reward, table = answer(sess, params, sess.controller, state["controller"], key, target)
   own = sess.space.format(sess.controller.best(state["controller"]))
   probs = sess.controller.probabilities(state["controller"])
-  result = {**sess.space.to_json(dna), "reward": reward,
+  # With recalibrated finalists, `reward` is the exported child's accuracy; the search's own
+  # batch-statistics figure of the same answer is kept beside it.
+  batch_stats = ({"reward_batch_stats": session_lib.evaluate(sess, params, dna)}
+                 if select["recalibrate_batches"] else {})
+  result = {**sess.space.to_json(dna), "reward": reward, **batch_stats,
             "controller": {d.name: [float(p) for p in probs[i, :d.num_choices]]
                            for i, d in enumerate(sess.space.decisions)},
             "controller_name": config.controller.name,
@@ -322,8 +326,11 @@ def _finish(sess, state, workdir, history, wall_start, primary, target=None) -> 
 def answer(sess, params, controller, controller_state, key,
            target=None) -> tuple[tuple, float, list]:
   """(DNA, its whole-validation accuracy, selection table): the controller's candidates scored with
-  the supernet weights `params` by `controllers.rsws.select`, as `config.select` says. With a latency
-  `target`, candidates are ranked by the same hardware-aware reward the controller learned from."""
+  the supernet weights `params` by `controllers.rsws.select`, as `config.select` says; finalists are
+  rescored with batch-statistics BN, or as standalone children with BN recalibrated on
+  `select.recalibrate_batches` train batches (SPOS, Once-for-All). With a latency `target`, candidates
+  are ranked by the same hardware-aware reward the controller learned from."""
+  from oneshot import export  # pylint: disable=import-outside-toplevel
   from oneshot.controllers import rsws  # pylint: disable=import-outside-toplevel
   select = select_config(sess.config)
   candidates = controller.candidates(controller_state, key, select["num_candidates"])
@@ -334,7 +341,12 @@ def answer(sess, params, controller, controller_state, key,
     return scores if target is None else target.rewards(dnas, scores)
 
   def rescore(dna):
-    accuracy[dna] = session_lib.evaluate(sess, params, dna)
+    if select["recalibrate_batches"]:  # the finalist as export writes it: BN recalibrated
+      runner, variables = export.recalibrated_child(sess, params, dna, select["recalibrate_batches"])
+      accuracy[dna] = runner.accuracy(variables, sess.dataset, "validation",
+                                      sess.config.train.eval_batch_size)
+    else:  # batch-statistics BN, as in the search's rewards
+      accuracy[dna] = session_lib.evaluate(sess, params, dna)
     return accuracy[dna] if target is None else float(target.rewards([dna], [accuracy[dna]])[0])
 
   dna, table = rsws.select(sess.space, candidates, score, top_k=select["top_k"], rescore_fn=rescore)
@@ -345,4 +357,5 @@ def select_config(config) -> dict:
   select = config.get("select") or {}
   get = lambda name, default: int(select.get(name, default)) if select else default
   return {"num_candidates": get("num_candidates", 100), "score_images": get("score_images", 256),
-          "top_k": min(get("top_k", 10), get("num_candidates", 100))}
+          "top_k": min(get("top_k", 10), get("num_candidates", 100)),
+          "recalibrate_batches": get("recalibrate_batches", 0)}

@@ -146,6 +146,9 @@ def _check_positive(config) -> None:
     for name in ("num_candidates", "score_images", "top_k"):
       if int(select.get(name, 1)) <= 0:
         raise UserError(f"--config.select.{name} must be positive, got {select[name]}")
+    if int(select.get("recalibrate_batches", 0)) < 0:
+      raise UserError(f"--config.select.recalibrate_batches must be >= 0 (0: batch-statistics "
+                      f"rescoring), got {select.recalibrate_batches}")
     if int(select.get("top_k", 1)) > int(select.get("num_candidates", 1)):
       raise UserError(f"--config.select.top_k={select.top_k} must not exceed "
                       f"--config.select.num_candidates={select.num_candidates}")

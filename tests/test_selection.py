@@ -13,7 +13,7 @@ from oneshot import spaces
 from oneshot.configs.digits import get_config
 from oneshot.controllers.evolution import EvolutionController
 from oneshot.controllers.rsws import select
-from oneshot import checkpoint, search, session as session_lib, steps
+from oneshot import checkpoint, io, search, session as session_lib, steps
 from tests.conftest import tiny_config
 
 
@@ -47,6 +47,37 @@ def test_random_search_answers_the_best_rescored_candidate_and_differs_between_s
   assert r0["reward"] >= np.percentile(scores, 75)
   with open(os.path.join(w0, "search_result.json")) as f:
     assert json.load(f)["reward"] == r0["reward"]
+
+
+def test_recalibrated_rescore_is_the_exported_childs_accuracy(random_searches, tmp_path):
+  """With `select.recalibrate_batches`, finalists are rescored as `oneshot export` writes them (BN
+  recalibrated), the reward is the answer's recalibrated accuracy and the batch-statistics one is kept."""
+  from oneshot import export  # pylint: disable=import-outside-toplevel
+  workdir, config, _ = random_searches[0]
+  config = config.copy_and_resolve_references()
+  config.select.recalibrate_batches = 3
+  sess = session_lib.build(config)
+  state = checkpoint.restore_latest(checkpoint.manager(workdir),
+                                    sess.initial_state(steps.make_optimizer(config)))[1]
+  state["params"] = steps.replicate(sess.mesh, state["params"])
+  result = search._finish(sess, state, io.as_path(tmp_path), [], 0.0, True)
+
+  def recalibrated(dna):
+    runner, variables = export.recalibrated_child(sess, state["params"], dna, 3)
+    return runner.accuracy(variables, sess.dataset, "validation", config.train.eval_batch_size)
+
+  finalists = result["selection"]["finalists"]
+  assert len(finalists) == 5 and result["selection"]["recalibrate_batches"] == 3
+  for f in finalists[:2]:
+    assert f["rescore"] == pytest.approx(recalibrated(f["dna"]), abs=1e-6)
+  assert result["reward"] == max(f["rescore"] for f in finalists)
+  assert result["reward"] == pytest.approx(recalibrated(result["dna"]), abs=1e-6)
+  batch_stats = [session_lib.evaluate(sess, state["params"], tuple(f["dna"])) for f in finalists]
+  assert result["reward_batch_stats"] == batch_stats[[f["dna"] for f in finalists].index(
+      list(result["dna"]))]
+  assert any(abs(b - f["rescore"]) > 1e-6 for b, f in zip(batch_stats, finalists))
+  with open(tmp_path / "search_result.json") as f:
+    assert json.load(f)["reward"] == result["reward"]
 
 
 def test_controller_gets_no_feedback_during_the_uniform_warm_up(random_searches):
