@@ -8,6 +8,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.num_devices = 0                 # 0: every visible device (all hosts); N: the first N
+  # CPU hosts: 0 keeps JAX's one CPU device (ops spread over XLA's threads); N > 0 makes the CPU N
+  # devices, one path each (oneshot/runtime.py). XLA_FLAGS' host device count, when set, wins.
+  c.cpu_devices = 0
   c.compilation_cache_dir = "~/.cache/oneshot/jax"  # persistent XLA cache; "" turns it off
 
   c.dataset = ml_collections.ConfigDict()

@@ -17,7 +17,7 @@ import numpy as np
 
 from oneshot import controllers
 from oneshot import spaces
-from oneshot import checkpoint, data, io, steps, supernet
+from oneshot import checkpoint, data, io, runtime, steps, supernet
 from oneshot.errors import UserError
 from oneshot.spaces.core import Space
 
@@ -78,6 +78,7 @@ def controller_updates(config: ml_collections.ConfigDict) -> int:
 
 
 def build(config: ml_collections.ConfigDict) -> Session:
+  runtime.use_cpu_devices(config)  # before anything starts JAX's backend
   dataset = None
   if config.space.get("name") == "module" and not config.space.get("input_shape"):
     dataset = data.load(config.dataset)  # your module's choices are found by tracing it on one example

@@ -153,6 +153,7 @@ def test_config_file_that_does_not_load(capsys, tmp_path, command, kind):
     ("--config.train.uniform_fraction=1.5", "uniform_fraction must be in [0, 1]"),
     ("--config.train.warmup_sampler=fair", "warmup_sampler must be uniform or sandwich, got 'fair'"),
     ("--config.select.recalibrate_batches=-1", "recalibrate_batches must be >= 0"),
+    ("--config.cpu_devices=-2", "--config.cpu_devices=-2 must be in 0.."),
     ("--config.num_devices=64", "only 8 devices are visible"),
 ])
 def test_config_value_out_of_range(capsys, tmp_path, tiny_file, override, needle):

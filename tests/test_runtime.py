@@ -59,3 +59,33 @@ def test_without_malloc_trim_it_is_a_no_op(monkeypatch):
   runtime.return_compile_memory()
   assert list(monitoring.get_event_duration_listeners()) == listeners
   assert not runtime._trim_installed
+
+
+
+_DEVICES_SCRIPT = """
+import jax
+from oneshot import session
+from oneshot.configs.digits import get_config
+config = get_config()
+config.space.stages = ((8, 1, 1),)
+config.cpu_devices = 2
+sess = session.build(config)
+session.build(config)  # a second session in the same process: same count, no note
+print("devices", jax.device_count(), sess.num_devices)
+config.cpu_devices = 1
+session.build(config)  # too late to change: one note line
+"""
+
+
+def test_cpu_devices_sets_the_cpu_device_count_unless_xla_flags_does(tmp_path):
+  """`cpu_devices` reaches JAX before its backend starts (session.build); XLA_FLAGS' count wins.
+  In a fresh process: this one's JAX already runs with conftest's 8 devices."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  for flags, count in (("", 2), ("--xla_force_host_platform_device_count=4", 4)):
+    proc = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT], cwd=tmp_path, capture_output=True,
+                          env={**env, "XLA_FLAGS": flags}, text=True, timeout=300, check=True)
+    assert f"devices {count} {count}" in proc.stdout
+    notes = proc.stderr.count("config.cpu_devices=1 not applied")
+    assert notes == (1 if count == 2 else 0)
