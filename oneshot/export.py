@@ -75,6 +75,7 @@ def export(workdir: io.PathLike, out: str, *, dna_text: str | None = None,
   if recalibrate_batches < 1:
     raise UserError(f"--recalibrate-batches must be >= 1, got {recalibrate_batches}: the supernet keeps "
                     "no BatchNorm statistics, so the child needs at least one batch")
+  session_lib.use_search_devices(workdir)
   checkpoint.require_checkpoint(workdir)
   config = session_lib.load_search_config(workdir)
   space = spaces.build(config.space)

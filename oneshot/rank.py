@@ -93,6 +93,7 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
   if train_steps is not None and train_steps < 1:
     raise UserError(f"--train-steps must be >= 1, got {train_steps}")
   out = _check_out(out)
+  session_lib.use_search_devices(workdir)
   checkpoint.require_checkpoint(workdir)
   config = session_lib.load_search_config(workdir)
   space = spaces.build(config.space)

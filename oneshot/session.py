@@ -197,6 +197,19 @@ def score_candidates(session: Session, params, dnas: np.ndarray, num_images: int
   return out
 
 
+def use_search_devices(workdir: io.PathLike) -> None:
+  """The search's `cpu_devices`, for a command on its workdir, called before anything starts JAX
+  (orbax's checkpoint manager does): export and rank then score with the devices the search ran on
+  (batch-statistics scores are per device). Says nothing about a bad workdir: the checks that follow
+  do, each in one line."""
+  from oneshot.configuration import from_json  # pylint: disable=import-outside-toplevel
+  try:
+    config = from_json((io.as_path(workdir) / "config.json").read_text())
+  except (OSError, ValueError, UserError):
+    return
+  runtime.use_cpu_devices(config)
+
+
 def load_search_config(workdir: io.PathLike) -> ml_collections.ConfigDict:
   io.require_readable(workdir)
   path = io.as_path(workdir) / "config.json"
