@@ -89,3 +89,27 @@ def test_cpu_devices_sets_the_cpu_device_count_unless_xla_flags_does(tmp_path):
     assert f"devices {count} {count}" in proc.stdout
     notes = proc.stderr.count("config.cpu_devices=1 not applied")
     assert notes == (1 if count == 2 else 0)
+
+
+def test_export_and_rank_apply_the_searchs_cpu_devices_before_orbax_starts_jax(tmp_path, monkeypatch):
+  """orbax's CheckpointManager starts JAX's backend, so the workdir's `cpu_devices` must come first."""
+  from oneshot import checkpoint, configuration, export, rank  # pylint: disable=import-outside-toplevel
+  from oneshot.configs.digits import get_config  # pylint: disable=import-outside-toplevel
+  config = get_config()
+  config.cpu_devices = 2
+  (tmp_path / "config.json").write_text(configuration.to_json(config))
+  calls = []
+  monkeypatch.setattr(runtime, "use_cpu_devices", lambda c: calls.append(("devices", c.cpu_devices)))
+
+  def no_checkpoint(workdir):
+    calls.append(("checkpoint", str(workdir)))
+    raise export.UserError("stop here")
+  monkeypatch.setattr(checkpoint, "require_checkpoint", no_checkpoint)
+  for run in (lambda: export.export(str(tmp_path), str(tmp_path / "out")),
+              lambda: rank.run(str(tmp_path), 4, str(tmp_path / "rank.json"))):
+    calls.clear()
+    try:
+      run()
+    except export.UserError:
+      pass
+    assert calls == [("devices", 2), ("checkpoint", str(tmp_path))]
