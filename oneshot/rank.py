@@ -110,7 +110,6 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
   num_steps = train_steps or train.standalone_steps(config)
   trainer = _Trainer(sess, train.optimizer(config, num_steps), num_steps)
   recal = [ds.batch("train", i, t.batch_size, config.seed) for i in range(recalibrate_batches)]
-  trained_supernet = jax.device_get(sess.variables(params))
   setup = standalone_setup(config, num_steps, train_seeds, recalibrate_batches, seed)
   reused = _reusable(reuse, setup)
   setup_seconds = time.time() - wall
@@ -118,12 +117,9 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
   archs = []
   for i, dna in enumerate(sample_architectures(space, num_archs, seed, search_dna)):
     tic = time.time()
-    child = supernet.child_model(space, dna, ds.num_classes, ds.image_shape[-1],
-                                 config.supernet.depthwise)
-    runner = export.ChildRunner(child)
-    # Supernet score: inherited weights, recalibrated BN (and, for comparison, the search's own
-    # batch-statistics score).
-    inherited = runner.recalibrate(supernet.child_variables(space, trained_supernet, dna), recal)
+    # Supernet score: inherited weights, recalibrated BN as export writes the child (and, for
+    # comparison, the search's own batch-statistics score).
+    runner, inherited = export.recalibrated_child(sess, params, dna, recalibrate_batches)
     supernet_eval = runner.evaluate(inherited, ds, "validation", t.eval_batch_size)
     batch_stats_acc = session_lib.evaluate(sess, params, dna, "validation")
     score_seconds = time.time() - tic

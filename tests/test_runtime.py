@@ -61,7 +61,6 @@ def test_without_malloc_trim_it_is_a_no_op(monkeypatch):
   assert not runtime._trim_installed
 
 
-
 _DEVICES_SCRIPT = """
 import jax
 from oneshot import session
