@@ -48,8 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.momentum = 0.9
   c.train.weight_decay = 1e-4
   c.train.uniform_fraction = 0.25   # first fraction of steps: uniform paths (controller not used)
-  # The warm-up's paths: uniform, or sandwich (BigNAS: of every four, the largest network, the
-  # smallest and two uniform draws; needs a space with a layer table: mobilenet, nasbench201).
+  # The warm-up's paths: uniform; fair (FairNAS: each choice equally often in every group of
+  # consecutive paths); or sandwich (BigNAS: of every four, the largest network, the smallest and two
+  # uniform draws; needs a space with a layer table: mobilenet, nasbench201).
   c.train.warmup_sampler = "uniform"
   c.train.reward_batch_size = 128   # TuNAS: the reward batch is larger than the training batch
   c.train.reward_paths_per_device = 1  # paths each device scores per controller update

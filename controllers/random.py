@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -62,6 +63,53 @@ class SandwichSampler(RandomController):
     slot = (int(state["step"]) * num + np.arange(num)) % 4
     paths[slot == 0] = self.largest
     paths[slot == 1] = self.smallest
+    return paths
+
+
+class FairSampler(RandomController):
+  """FairNAS's strict fairness for the uniform warm-up (Chu et al., 2021): consecutive path slots
+  (devices first, then steps) come in groups of m, and within a group every decision takes each of
+  its c choices exactly m / c times, in a random order per decision (m: the least common multiple of
+  the choice counts). Uniform sampling trains every choice equally only in expectation; over a
+  short warm-up some kernel or width choices fall behind by chance and the supernet then under-rates
+  the children that use them. Here no choice is ever more than one group behind another.
+
+  FairNAS sums the m paths' gradients into one update on one batch; here that happens when the
+  device count is a multiple of m (the paths' gradients are averaged over the mesh), otherwise the
+  group spans consecutive steps. The order comes from (`seed`, group) alone, so a resumed search
+  proposes the same paths. Constraints are not applied, as in the uniform warm-up."""
+
+  name = "fair"
+
+  def __init__(self, space: Space, seed: int):
+    super().__init__(space)
+    counts = [int(c) for c in space.num_choices]
+    group = math.lcm(*counts)
+    # Balance that needs a longer group than 4x the largest choice count would mostly repeat a
+    # fixed pattern across many steps; fall back to groups of max_choices with a random remainder.
+    self.group_size = group if group <= 4 * space.max_choices else space.max_choices
+    self.seed = int(seed)
+    self._cached: tuple[int, np.ndarray] | None = None
+
+  def propose(self, state: State, key: jax.Array, num: int) -> np.ndarray:
+    """`num` paths for step `state['step']`."""
+    del key
+    slots = int(state["step"]) * num + np.arange(num)
+    return np.stack([self.group(s // self.group_size)[s % self.group_size] for s in slots])
+
+  def group(self, index: int) -> np.ndarray:
+    """The [m, D] paths of group `index`: each column a shuffled balanced sequence of its choices."""
+    if self._cached is not None and self._cached[0] == index:
+      return self._cached[1]
+    rng = np.random.default_rng((self.seed, int(index)))
+    m = self.group_size
+    columns = []
+    for c in self.space.num_choices:
+      c = int(c)
+      column = np.concatenate([np.tile(np.arange(c), m // c), rng.permutation(c)[:m % c]])
+      columns.append(rng.permutation(column))
+    paths = np.stack(columns, axis=1).astype(np.int32)
+    self._cached = (int(index), paths)
     return paths
 
 

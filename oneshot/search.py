@@ -108,13 +108,17 @@ def latency_target(config, sess: session_lib.Session):
 
 
 def warmup_sampler(config, sess: session_lib.Session):
-  """The warm-up's path sampler: `train.warmup_sampler` uniform (Li & Talwalkar; TuNAS) or sandwich
-  (BigNAS: largest, smallest and two uniform paths of every four, see controllers/random.py)."""
+  """The warm-up's path sampler: `train.warmup_sampler` uniform (Li & Talwalkar; TuNAS), fair
+  (FairNAS: every choice equally often in each group of consecutive paths) or sandwich (BigNAS:
+  largest, smallest and two uniform paths of every four); see controllers/random.py."""
   # pylint: disable=import-outside-toplevel
-  from oneshot.controllers.random import RandomController, SandwichSampler
+  from oneshot.controllers.random import FairSampler, RandomController, SandwichSampler
   from oneshot.hardware import layers
-  if config.train.get("warmup_sampler", "uniform") == "uniform":
+  name = config.train.get("warmup_sampler", "uniform")
+  if name == "uniform":
     return RandomController(sess.space)
+  if name == "fair":
+    return FairSampler(sess.space, config.seed)
   if sess.space.name not in layers.SPACES:
     raise UserError(f"--config.train.warmup_sampler=sandwich orders networks by the layer table, which "
                     f"space {sess.space.name!r} does not have; use uniform")

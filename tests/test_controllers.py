@@ -254,6 +254,51 @@ def test_rank_advantage_is_scale_free_and_takes_batches(name):
                                 controller.propose(states[1], jax.random.PRNGKey(9), 64))
 
 
+# -- the fair warm-up (FairNAS) -----------------------------------------------------------------------
+@pytest.mark.parametrize("devices", [1, 2, 3, 8])
+def test_fair_warm_up_trains_every_choice_equally_in_each_group(devices):
+  from oneshot.controllers.random import FairSampler  # pylint: disable=import-outside-toplevel
+  space = _three_and_two_choice_space()
+  sampler = FairSampler(space, seed=0)
+  assert sampler.group_size == 6  # lcm of 3 and 2 choices
+  paths = np.concatenate([sampler.propose({"step": np.asarray(step)}, jax.random.PRNGKey(step),
+                                          devices) for step in range(24)])
+  for start in range(0, len(paths) - 5, 6):  # slots run devices first, then steps
+    group = paths[start:start + 6]
+    for d, count in enumerate(space.num_choices):
+      assert np.bincount(group[:, d], minlength=count).tolist() == [6 // count] * count
+  first_groups = [tuple(map(tuple, paths[i:i + 6])) for i in range(0, 24, 6)]
+  assert len(set(first_groups)) == 4  # each group its own order
+  # A resumed search (a new sampler, any step) proposes the same paths; another seed others.
+  again = FairSampler(space, seed=0).propose({"step": np.asarray(5)}, jax.random.PRNGKey(0), devices)
+  np.testing.assert_array_equal(again, paths[5 * devices:6 * devices])
+  other = np.concatenate([FairSampler(space, seed=1).propose({"step": np.asarray(step)},
+                                                             jax.random.PRNGKey(step), devices)
+                          for step in range(24)])
+  assert not np.array_equal(other, paths)
+
+
+def test_fair_warm_up_falls_back_to_the_largest_choice_count_for_long_groups():
+  from oneshot.controllers.random import FairSampler  # pylint: disable=import-outside-toplevel
+  from oneshot.spaces.core import Decision, Space  # pylint: disable=import-outside-toplevel
+  space = Space("coprime", (Decision("a", (0, 1, 2, 3, 4)), Decision("b", (0, 1, 2, 3)),
+                            Decision("c", (0, 1, 2))))
+  sampler = FairSampler(space, seed=3)
+  assert sampler.group_size == 5  # lcm 60 > 4 * 5
+  group = sampler.group(0)
+  assert sorted(group[:, 0].tolist()) == [0, 1, 2, 3, 4]
+  assert np.bincount(group[:, 1], minlength=4).min() == 1  # 4 choices in 5 slots: each at least once
+  assert np.bincount(group[:, 2], minlength=3).min() == 1
+
+
+def _three_and_two_choice_space():
+  from oneshot import spaces  # pylint: disable=import-outside-toplevel
+  return spaces.build({"name": "mobilenet", "stem_filters": 8, "stages": ((8, 2, 1), (16, 1, 2)),
+                       "kernel_sizes": (3, 5, 7), "expansion_ratios": (3, 6),
+                       "width_multipliers": (0.25, 0.5, 1.0), "allow_skip": True,
+                       "head_filters": 0})
+
+
 # -- the sandwich warm-up (BigNAS) ---------------------------------------------------------------------
 def _sized_space():
   from oneshot import spaces  # pylint: disable=import-outside-toplevel
