@@ -59,7 +59,9 @@ def main(argv: Sequence[str]) -> int:
     flags.DEFINE_integer("train_seeds", 1, "Stand-alone trainings per architecture (scores are "
                          "averaged; with 2 or more the report gives the seed-to-seed tau, the noise "
                          "ceiling).", flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "Seed of the architecture sample.", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Seed of the architecture sample and of the stand-alone "
+                         "trainings (init, data order); independent of the search's seed.",
+                         flag_values=fv)
     flags.DEFINE_string("reuse", None, "An earlier rank.json with the same stand-alone setup (space, "
                         "data, training, seeds): architectures it trained are not trained again, so "
                         "several supernets are compared on one set of stand-alone scores.",
@@ -109,7 +111,9 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
   ds, t = sess.dataset, config.train
   num_steps = train_steps or train.standalone_steps(config)
   trainer = _Trainer(sess, train.optimizer(config, num_steps), num_steps)
-  recal = [ds.batch("train", i, t.batch_size, config.seed) for i in range(recalibrate_batches)]
+  # The stand-alone side depends on rank's own --seed, not the search's: supernets searched with
+  # different seeds are then ranked against one ground truth (--reuse).
+  recal = [ds.batch("train", i, t.batch_size, seed) for i in range(recalibrate_batches)]
   setup = standalone_setup(config, num_steps, train_seeds, recalibrate_batches, seed)
   reused = _reusable(reuse, setup)
   setup_seconds = time.time() - wall
@@ -129,7 +133,7 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
       tests, vals = [], []
       for j in range(train_seeds):
         key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed + 1), i), j)
-        trained = trainer.train(dna, key, config.seed + j)
+        trained = trainer.train(dna, key, seed + j)
         alone = runner.recalibrate(supernet.child_variables(space, trained, dna), recal)
         tests.append(runner.evaluate(alone, ds, "test", t.eval_batch_size))
         vals.append(runner.evaluate(alone, ds, "validation", t.eval_batch_size))
@@ -209,7 +213,7 @@ def standalone_setup(config, train_steps: int, train_seeds: int, recalibrate_bat
   return {"space": config.space.to_dict(), "dataset": config.dataset.to_dict(),
           "train": {k: t[k] for k in ("batch_size", "learning_rate", "warmup_steps", "momentum",
                                        "weight_decay", "eval_batch_size")},
-          "data_seed": int(config.seed), "train_steps": int(train_steps), "train_seeds": int(train_seeds),
+          "data_seed": int(seed), "train_steps": int(train_steps), "train_seeds": int(train_seeds),
           "recalibrate_batches": int(recalibrate_batches), "seed": int(seed)}
 
 
