@@ -297,6 +297,9 @@ def test_rank_writes_the_report(mobilenet, tmp_path, capsys):
   assert "kendall_tau_seed0_vs_seed1" in report["context"]
   assert (out.parent / "rank.png").stat().st_size > 1000
   assert "kendall_tau_num_params" in report["context"]
+  for key in ("kendall_tau_standard_error", "kendall_tau_margin_over_num_params",
+              "kendall_tau_margin_interval_90"):
+    assert key in report["context"]
   _fails_cleanly(["rank", "--workdir", mobilenet.workdir, "--num-archs", "1", "--out",
                   str(tmp_path / "x.json")], str(tmp_path / "x.json"), capsys, "--num-archs")
   # --reuse: the same setup takes the stand-alone scores instead of training again.
@@ -337,3 +340,31 @@ def test_rank_statistics():
   archs = [{"is_search_result": True, "standalone_accuracy": 0.9}] + [
       {"is_search_result": False, "standalone_accuracy": a} for a in (0.8, 0.9, 0.95, 0.7)]
   assert rank.search_percentile(archs) == pytest.approx(100 * 2.5 / 4)
+
+
+def test_rank_uncertainty_separates_a_clear_margin_from_noise():
+  from oneshot import rank  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  truth = rng.normal(size=20)
+  # The supernet orders perfectly, the parameter count backwards: the margin is 2 and sure.
+  sure = rank.tau_uncertainty(truth, -truth, truth)
+  assert sure["kendall_tau_margin_over_num_params"] == pytest.approx(2)
+  assert sure["kendall_tau_margin_interval_90"][0] > 1.5
+  # Two rankers equally noisy: the margin's interval holds 0, tau's standard error is ~0.1-0.2.
+  noisy = rank.tau_uncertainty(truth + rng.normal(size=20), truth + rng.normal(size=20), truth)
+  low, high = noisy["kendall_tau_margin_interval_90"]
+  assert low < 0 < high and high - low > 0.2
+  assert 0.05 < noisy["kendall_tau_standard_error"] < 0.3
+  assert rank.tau_uncertainty(truth, truth, truth) == rank.tau_uncertainty(truth, truth, truth)
+  assert rank.tau_uncertainty([0.5] * 4, [1, 2, 3, 4], [1, 2, 3, 4])[
+      "kendall_tau_standard_error"] is None
+
+
+def test_rank_ground_truth_does_not_depend_on_the_search_seed():
+  """Supernets searched with other seeds are ranked on one stand-alone ground truth (--reuse)."""
+  from oneshot import rank  # pylint: disable=import-outside-toplevel
+  config = tiny_config()
+  other = tiny_config()
+  other.seed = int(config.seed) + 7
+  assert rank.standalone_setup(config, 5, 1, 2, 0) == rank.standalone_setup(other, 5, 1, 2, 0)
+  assert rank.standalone_setup(config, 5, 1, 2, 0) != rank.standalone_setup(config, 5, 1, 2, 1)
