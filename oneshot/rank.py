@@ -20,9 +20,10 @@ array, so one compilation serves every architecture, and on a fixed path the sup
 the child (same logits, same gradients on the child's slice of each weight; the rest of each weight gets
 no gradient and never reaches the output). Fresh weights come from the supernet's initialiser with every
 kernel rescaled by sqrt(fan_in_supernet / fan_in_child), which is the child's own fan-in-scaled
-initialisation on the slice the child reads. Devices use one path and synchronised BN statistics, so a
-multi-device step is the single-device child step on the whole batch. Only the short forward-only
-recalibration and evaluation functions are compiled per child.
+initialisation on the slice the child reads. Training runs on one local device, the child step on the
+whole batch, with no collectives: on two CPU devices, synchronised BN's all-reduces twice aborted the
+run in XLA's rendezvous (40 s timeout) on a 2-core host. Only the short forward-only recalibration
+and evaluation functions are compiled per child.
 """
 
 from __future__ import annotations
@@ -181,7 +182,9 @@ class _Trainer:
   def __init__(self, sess, tx, num_steps: int):
     from oneshot import steps  # pylint: disable=import-outside-toplevel
     self.sess, self.tx, self.num_steps, self.steps = sess, tx, num_steps, steps
-    self.step = steps.make_train_step(sess.model, tx, sess.mesh, sess.frozen, sync_batch_norm=True)
+    # Every process trains the same child on its own first device (see the module docstring).
+    self.mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()[:1]), (steps.AXIS,))
+    self.step = steps.make_train_step(sess.model, tx, self.mesh, jax.device_get(sess.frozen))
     self.init = jax.jit(sess.model.init)
     self.compile_seconds, self.seconds, self.runs = 0.0, 0.0, 0
 
@@ -190,13 +193,13 @@ class _Trainer:
     sess, steps, ds = self.sess, self.steps, self.sess.dataset
     dummy = jnp.zeros((1,) + tuple(ds.image_shape), jnp.float32)
     fresh = self.init(key, dummy, jnp.zeros(sess.space.num_decisions, jnp.int32))["params"]
-    p = steps.replicate(sess.mesh, child_init_scale(sess.space, jax.device_get(fresh), dna))
-    opt_state = steps.replicate(sess.mesh, self.tx.init(p))
-    paths = steps.shard_paths(sess.mesh, np.tile(np.asarray(dna, np.int32), (sess.num_devices, 1)))
+    p = steps.replicate(self.mesh, child_init_scale(sess.space, jax.device_get(fresh), dna))
+    opt_state = steps.replicate(self.mesh, self.tx.init(p))
+    paths = steps.shard_paths(self.mesh, np.asarray(dna, np.int32)[None])
     tic = time.time()
     for i in range(self.num_steps):
       batch = ds.batch("train", i, sess.config.train.batch_size, data_seed)
-      p, opt_state, _ = self.step(p, opt_state, steps.shard_batch(sess.mesh, batch), paths)
+      p, opt_state, _ = self.step(p, opt_state, steps.shard_batch(self.mesh, batch), paths)
       if self.runs == 0 and i == 0:
         jax.block_until_ready(p)
         self.compile_seconds = time.time() - tic
