@@ -22,7 +22,7 @@ no gradient and never reaches the output). Fresh weights come from the supernet'
 kernel rescaled by sqrt(fan_in_supernet / fan_in_child), which is the child's own fan-in-scaled
 initialisation on the slice the child reads. Training runs on one local device, the child step on the
 whole batch, with no collectives: on two CPU devices, synchronised BN's all-reduces twice aborted the
-run in XLA's rendezvous (40 s timeout) on a 2-core host. Only the short forward-only recalibration
+run in XLA's rendezvous (40 s timeout) on 2-core hosts. Only the short forward-only recalibration
 and evaluation functions are compiled per child.
 """
 
