@@ -40,6 +40,11 @@ class RandomController(Controller):
     return mask / mask.sum(axis=1, keepdims=True)
 
 
+# `train.warmup_sampler`'s values, read by the config check; `search.warmup_sampler` builds the sampler
+# (RandomController, FairSampler, SandwichSampler).
+WARMUP_SAMPLERS = ("uniform", "fair", "sandwich")
+
+
 class SandwichSampler(RandomController):
   """BigNAS's sandwich rule for the uniform warm-up: of every four consecutive path slots (devices
   first, then steps) the first trains the largest network, the second the smallest, the other two
@@ -89,7 +94,6 @@ class FairSampler(RandomController):
     # fixed pattern across many steps; fall back to groups of max_choices with a random remainder.
     self.group_size = group if group <= 4 * space.max_choices else space.max_choices
     self.seed = int(seed)
-    self._cached: tuple[int, np.ndarray] | None = None
 
   def propose(self, state: State, key: jax.Array, num: int) -> np.ndarray:
     """`num` paths for step `state['step']`."""
@@ -99,8 +103,6 @@ class FairSampler(RandomController):
 
   def group(self, index: int) -> np.ndarray:
     """The [m, D] paths of group `index`: each column a shuffled balanced sequence of its choices."""
-    if self._cached is not None and self._cached[0] == index:
-      return self._cached[1]
     rng = np.random.default_rng((self.seed, int(index)))
     m = self.group_size
     columns = []
@@ -108,9 +110,7 @@ class FairSampler(RandomController):
       c = int(c)
       column = np.concatenate([np.tile(np.arange(c), m // c), rng.permutation(c)[:m % c]])
       columns.append(rng.permutation(column))
-    paths = np.stack(columns, axis=1).astype(np.int32)
-    self._cached = (int(index), paths)
-    return paths
+    return np.stack(columns, axis=1).astype(np.int32)
 
 
 def extreme(space: Space, size: Callable[[np.ndarray], np.ndarray], largest: bool) -> np.ndarray:

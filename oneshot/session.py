@@ -139,7 +139,8 @@ def _check_positive(config) -> None:
     raise UserError(f"--config.train.warmup_steps must be >= 0, got {t.warmup_steps}")
   if "uniform_fraction" in t and not 0.0 <= float(t.uniform_fraction) <= 1.0:
     raise UserError(f"--config.train.uniform_fraction must be in [0, 1], got {t.uniform_fraction}")
-  if t.get("warmup_sampler", "uniform") not in ("uniform", "fair", "sandwich"):
+  from oneshot.controllers.random import WARMUP_SAMPLERS  # pylint: disable=import-outside-toplevel
+  if t.get("warmup_sampler", "uniform") not in WARMUP_SAMPLERS:
     raise UserError(f"--config.train.warmup_sampler must be uniform, fair or sandwich, got "
                     f"{t.warmup_sampler!r}")
   select = config.get("select")
