@@ -148,3 +148,37 @@ def test_metrics_are_read_from_the_device_only_on_logged_and_checkpointed_steps(
     monkeypatch.setattr(train, "make_train_step", watching)
     train.run(config, str(tmp_path / "arch"), str(tmp_path / "t"))
   assert calls and sorted(set(reads)) == [3, 5, 6, 7]
+
+
+def test_warm_up_paths_are_drawn_a_logged_block_at_a_time_and_equal_step_by_step_draws(
+    monkeypatch, tmp_path):
+  """The uniform sampler draws on the device and reads the draw back: drawn step by step, that read
+  waited for the train step in flight every step. Drawn after the loop's own read, a block up to the
+  next logged step at once, it waits for nothing; the keys and so the paths stay those of each step."""
+  from oneshot.controllers.random import RandomController  # pylint: disable=import-outside-toplevel
+  config = tiny_config(num_steps=7, log_every=3, checkpoint_every=100)
+  config.train.uniform_fraction = 1.0
+  calls, draws = [], []
+  make, propose = steps.make_train_step, RandomController.propose
+
+  def counting(*args, **kwargs):
+    step = make(*args, **kwargs)
+    return lambda *inputs: (calls.append(1), step(*inputs))[1]
+
+  def recording(self, state, key, num):
+    draws.append((int(state["step"]), len(calls)))
+    return propose(self, state, key, num)
+
+  monkeypatch.setattr(steps, "make_train_step", counting)
+  monkeypatch.setattr(RandomController, "propose", recording)
+  search.run(config, str(tmp_path / "s"))
+  assert draws == [(s, s // 3 * 3) for s in range(7)]
+
+  sess = session_lib.build(config)
+  key, sampler = jax.random.PRNGKey(5), RandomController(sess.space)
+  expected = [propose(sampler, {"step": np.asarray(s)}, search.step_keys(key, s)[0], 8)
+              for s in range(7)]
+  for first in (0, 2):  # a run from the start, and one resumed mid-block
+    paths = search._WarmupPaths(sampler, key, 8, 3, 7)  # pylint: disable=protected-access
+    for s in range(first, 7):
+      np.testing.assert_array_equal(paths(s), expected[s])
