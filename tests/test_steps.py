@@ -89,6 +89,24 @@ def test_nonfinite_loss_leaves_params_unchanged(setup):
     np.testing.assert_array_equal(a, b)
 
 
+
+@pytest.mark.parametrize("bad", [None, np.inf, -np.inf, np.nan])
+def test_one_nonfinite_gradient_entry_anywhere_keeps_the_old_state(bad):
+  """The finite check covers every entry of every gradient leaf, whatever its dtype, not only the loss."""
+  grads = {"a": jnp.ones((3, 4)), "b": [jnp.ones(5, jnp.bfloat16), jnp.ones(())]}
+  new = {"w": jnp.full((2,), 2.0), "n": jnp.int32(7)}
+  old = {"w": jnp.zeros((2,)), "n": jnp.int32(1)}
+  for leaf in range(3):
+    poisoned = jax.tree.leaves(grads)
+    if bad is not None:
+      poisoned[leaf] = poisoned[leaf].ravel().at[-1].set(bad).reshape(poisoned[leaf].shape)
+    kept, finite = jax.jit(steps.keep_if_finite)(
+        jnp.float32(1.0), jax.tree.unflatten(jax.tree.structure(grads), poisoned), new, old)
+    expected = new if bad is None else old
+    assert bool(finite) == (bad is None)
+    for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(expected)):
+      np.testing.assert_array_equal(a, b)
+
 def test_step_metrics_count_every_nonfinite_step_and_runs_across_reads():
   """The loop reads device metrics only now and then; no step's flag may be lost, and a run of
   non-finite steps that spans two reads still stops the search at its `max`-th step."""
