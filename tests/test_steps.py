@@ -89,7 +89,6 @@ def test_nonfinite_loss_leaves_params_unchanged(setup):
     np.testing.assert_array_equal(a, b)
 
 
-
 @pytest.mark.parametrize("bad", [None, np.inf, -np.inf, np.nan])
 def test_one_nonfinite_gradient_entry_anywhere_keeps_the_old_state(bad):
   """The finite check covers every entry of every gradient leaf, whatever its dtype, not only the loss."""
@@ -106,6 +105,7 @@ def test_one_nonfinite_gradient_entry_anywhere_keeps_the_old_state(bad):
     assert bool(finite) == (bad is None)
     for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(expected)):
       np.testing.assert_array_equal(a, b)
+
 
 def test_step_metrics_count_every_nonfinite_step_and_runs_across_reads():
   """The loop reads device metrics only now and then; no step's flag may be lost, and a run of
