@@ -181,12 +181,13 @@ def run(config, workdir: io.PathLike, *, stop_after: int | None = None) -> dict 
   with _StopRequest() as stop:
     try:
       for step in range(start, t.num_steps):
-        k_train, k_reward = step_keys(key, step)
         # Warm-up: uniform paths and no controller update (TuNAS's RL delay; the controller learns
         # from weights that can already tell paths apart). Afterwards train and reward paths come
         # from one propose call: one dispatch fewer per step (ENAS's costs ~0.5 ms on CPU).
         num_reward = n * paths_per_device
         warming_up = step < uniform_steps
+        # The warm-up's draws derive their own keys (`_WarmupPaths`), a block at a time.
+        k_train, k_reward = (None, None) if warming_up else step_keys(key, step)
         if warming_up:
           paths = warmup_paths(step)
         elif gradient:
