@@ -141,8 +141,8 @@ def _check_positive(config) -> None:
     raise UserError(f"--config.train.uniform_fraction must be in [0, 1], got {t.uniform_fraction}")
   from oneshot.controllers.random import WARMUP_SAMPLERS  # pylint: disable=import-outside-toplevel
   if t.get("warmup_sampler", "uniform") not in WARMUP_SAMPLERS:
-    raise UserError(f"--config.train.warmup_sampler must be uniform, fair or sandwich, got "
-                    f"{t.warmup_sampler!r}")
+    names = ", ".join(WARMUP_SAMPLERS[:-1]) + f" or {WARMUP_SAMPLERS[-1]}"
+    raise UserError(f"--config.train.warmup_sampler must be {names}, got {t.warmup_sampler!r}")
   select = config.get("select")
   if select is not None:
     for name in ("num_candidates", "score_images", "top_k"):
