@@ -115,7 +115,7 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
   params = session_lib.restore_params(sess, workdir)["params"]
   ds, t = sess.dataset, config.train
   num_steps = train_steps or train.standalone_steps(config)
-  trainer = _Trainer(sess, train.optimizer(config, num_steps), num_steps)
+  trainer = StandaloneTrainer(sess, train.optimizer(config, num_steps), num_steps)
   # The stand-alone side depends on rank's own --seed, not the search's: supernets searched with
   # different seeds are then ranked against one ground truth (--reuse).
   recal = [ds.batch("train", i, t.batch_size, seed) for i in range(recalibrate_batches)]
@@ -176,7 +176,7 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
   return report
 
 
-class _Trainer:
+class StandaloneTrainer:
   """Stand-alone training of any child through the supernet's one compiled train step."""
 
   def __init__(self, sess, tx, num_steps: int):
