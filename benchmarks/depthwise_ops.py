@@ -1,6 +1,6 @@
 """Why the CPU depthwise op is what it is: forward and gradient times of each formulation.
 
-Prints, for a 7x7 depthwise conv on 64x8x8x96 (the shape the brief measured), the median time of XLA's
+Prints, for a 7x7 depthwise conv on 64x8x8x96 (a layer of benchmarks/peer_nni.py's space), the median time of XLA's
 grouped convolution, the shifted multiply-add with plain autodiff, and oneshot's `shift` op (custom VJP:
 shifted forward/input gradient, per-tap or batched-GEMM weight gradient), plus the ratio to XLA. Run:
 `python benchmarks/depthwise_ops.py`.

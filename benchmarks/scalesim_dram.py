@@ -1,6 +1,6 @@
 """The cost model's DRAM traffic against SCALE-Sim's memory simulation, layer by layer.
 
-  python benchmarks/scalesim_dram.py                   # 23 layers x 3 dataflows, ~40 s on one core
+  python benchmarks/scalesim_dram.py                   # 23 layers x 3 dataflows
   python benchmarks/scalesim_dram.py --cache /tmp/ss.json   # keep SCALE-Sim's answers between runs
 
 Layers: ResNet-18 and MobileNetV2 (width 1.0) at a 64x64 input, 'SAME' padding as in oneshot's layer

@@ -14,7 +14,7 @@ def get_config():
   c.dataset.validation_split = "train[45000:]"
   c.dataset.test_split = "test"
   c.dataset.augment = "pad_crop_flip"
-  c.dataset.workers = 4  # per host; see README "Input pipeline" for the measured rate per worker
+  c.dataset.workers = 4  # per host, an estimate; benchmarks/input_pipeline.py measures the rate per worker
   c.dataset.prefetch = 4
   c.space = dict(
       name="mobilenet",

@@ -11,7 +11,7 @@ def get_config():
   c.dataset.test_split = "validation"
   c.dataset.image_size = 224
   c.dataset.augment = "inception_crop_flip"
-  c.dataset.workers = 32  # per host: JPEG decoding is the bottleneck (README "Input pipeline")
+  c.dataset.workers = 32  # per host, an estimate: JPEG decoding is the bottleneck (benchmarks/input_pipeline.py)
   c.dataset.prefetch = 4
   c.space = dict(
       name="mobilenet",

@@ -39,7 +39,7 @@ from oneshot.augment import Example
 if TYPE_CHECKING:
   import grain.python as grain
 
-# Imported on first use: grain imports jax (1-2 s), which the digits path and the CLI's checks skip.
+# Imported on first use: importing grain imports jax, which the digits path and the CLI's checks skip.
 _grain = None
 
 _MAX_STREAMS = 4  # open iterators per split: train + recalibration batch sizes, a few resumes

@@ -28,9 +28,9 @@ def enable_compilation_cache(config) -> None:
 def use_cpu_devices(config) -> None:
   """`config.cpu_devices` N > 0: JAX's CPU backend as N devices (`jax_num_cpu_devices`), so that a CPU
   search runs its data-parallel step (a path per device, gradients averaged) with one device per core
-  instead of one device spreading each op over XLA's thread pool. On 2 cores and the Fashion-MNIST
-  search, 2 devices took each step ~1.25x faster. It changes results (N paths per step, each on 1/N of
-  the batch), so it is the config's choice, not a default.
+  instead of one device spreading each op over XLA's thread pool, which keeps the cores busier on small
+  images (`benchmarks/peer_nni.py --devices N`; see docs/results.md). It changes results (N paths per
+  step, each on 1/N of the batch), so it is the config's choice, not a default.
 
   Must run before the backend starts. `--xla_force_host_platform_device_count` in XLA_FLAGS wins (the
   environment is the more specific choice: tests and launchers set it); once JAX has started, the
@@ -57,10 +57,10 @@ def return_compile_memory() -> None:
 
   Written by hand because no library does it: XLA:CPU compiles on worker threads, each with its own
   glibc arena (up to 8 per core) that keeps what the compiler freed, and the next compile, on another
-  thread, cannot reuse it. Measured on the default digits search, cold caches: peak RSS 2.35-2.40 GB,
-  and 2.35 GB from the first step on while the run used 1.0-1.2 GB; trimming after each compile:
-  peak 2.24 GB (the first compile plus writing it to the persistent cache), then 1.0-1.2 GB; with one
-  arena per core as well: peak 1.82 GB, same results bit for bit. jax reports each compile through
+  thread, cannot reuse it, so without this RSS stays at the compiles' peak for the whole run. Trimming
+  after each compile returns that memory; capping the arenas as well lowers the peak itself; results are
+  the same bit for bit (peak RSS before and after, with `/usr/bin/time -v`: docs/results.md, "memory").
+  jax reports each compile through
   `jax.monitoring`; a trim takes milliseconds. Arenas are capped only for threads started after the
   first call, so the CLI calls this before it imports jax (search, rank and train call it too, for
   Python callers). A no-op where the C library has no `malloc_trim` (macOS, musl). Idempotent."""

@@ -66,9 +66,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
 def keep_if_finite(loss: jax.Array, grads: Any, new: Any, old: Any) -> tuple[Any, jax.Array]:
   """(`new` if loss and every gradient are finite else `old`, finite): a NaN/Inf step changes nothing.
 
-  One check over all gradients at once and one `lax.cond` for the whole state: a check and a select
-  per leaf made ~220 of the digits train step's ~1,840 fusions; this way XLA:CPU compiles that step
-  in a median 8.0 s instead of 9.3 s (8 runs each, in turn), with the same values and step time."""
+  One check over all gradients at once and one `lax.cond` for the whole state, not a check and a select
+  per leaf: per-leaf guards add a fusion per parameter to what XLA compiles, for the same values and
+  step time (the compile times before and after are in docs/results.md, "compile time")."""
   leaves = [jnp.ravel(g) for g in jax.tree.leaves(grads)]
   finite = jnp.isfinite(loss)
   if leaves:

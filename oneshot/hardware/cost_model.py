@@ -23,10 +23,9 @@ Compute (per layer, per dataflow; SCALE-Sim, Samajdar et al. ISPASS 2020, Sec. I
 
 Memory (one layer at a time, no fusion; every operand crosses DRAM at least once, as in SCALE-Sim).
   Checked against SCALE-Sim 3.0.0's memory simulation: 14 stored reference cases (tests/fixtures/scalesim,
-  each operand pinned in tests/test_cost_model.py) and benchmarks/scalesim_dram.py, where total DRAM
-  model / SCALE-Sim is 0.56 / 0.98 / 1.44 (min / median / max) over 23 ResNet-18 and MobileNetV2 layers x
-  3 dataflows at 64x64 (0.15 / 0.95 / 3.37 before strides and OS slices were modelled); what differs
-  is what the list below explains.
+  each operand pinned in tests/test_cost_model.py) and benchmarks/scalesim_dram.py, which compares total
+  DRAM per layer over ResNet-18 and MobileNetV2 layers x 3 dataflows (its result: docs/results.md); what
+  differs is what the list below explains.
   SCALE-Sim's loop order for every dataflow is column folds outer, row folds inner.
   - Input footprint: the pixels a window touches, min(H, (E-1)*stride + R, E*R) rows (likewise columns)
     times C: a 1x1 stride-2 layer reads a quarter of its input. Zero padding is not fetched.
@@ -92,7 +91,7 @@ WS, OS, IS = 0, 1, 2  # dataflow codes, the order of spaces.accelerator.DATAFLOW
 CONV, DEPTHWISE, DENSE, POOL = 0, 1, 2, 3  # layer kinds, as oneshot.hardware.layers
 ACCEL_FIELDS = ("rows", "cols", "ifmap_sram_kb", "filter_sram_kb", "ofmap_sram_kb", "dataflow",
                 "dram_gbps", "clock_mhz")
-_CHUNK_ELEMENTS = 1 << 16  # rows * layers per chunk: keeps temporaries in cache (~4x faster)
+_CHUNK_ELEMENTS = 1 << 16  # rows * layers per chunk: keeps temporaries in cache (benchmarks/cost_model.py)
 
 
 def area_mm2(rows: ArrayLike, cols: ArrayLike, ifmap_sram_kb: ArrayLike, filter_sram_kb: ArrayLike,

@@ -4,12 +4,13 @@ Both sides call these same functions, so a supernet path and its exported child 
 numbers (tested to 1e-5). The one op with two implementations is the depthwise convolution:
 
 * `xla`: `lax.conv_general_dilated(feature_group_count=C)`, the right choice on TPU/GPU.
-* `shift`: on XLA:CPU the grouped convolution is ~20x slower than it should be (17.5 ms forward for
-  7x7 on 64x8x8x96), and autodiff of a shifted multiply-add formulation leaves a ~25 ms weight gradient
-  made of 49 strided reductions. `shift` computes the forward pass and the input gradient as a loop
+* `shift`: on XLA:CPU the grouped convolution is an order of magnitude slower than its arithmetic
+  warrants, and autodiff of a shifted multiply-add formulation leaves a weight gradient made of k*k
+  strided reductions. `shift` computes the forward pass and the input gradient as a loop
   over the k*k shifted multiply-adds and the weight gradient as a loop of one reduction per tap, both
   at the strided output positions only and over cache-sized blocks of images
-  (`benchmarks/depthwise_ops.py` measures all three; `auto` picks per platform).
+  (`benchmarks/depthwise_ops.py` measures all three, results in docs/results.md; `auto` picks per
+  platform).
 """
 
 from __future__ import annotations
@@ -69,10 +70,10 @@ def centre_mask(k: int, size: int | jax.Array) -> jax.Array:
   return (jnp.asarray(np.maximum(r[:, None], r[None, :])) <= size // 2).astype(jnp.float32)
 
 
-# Activations of more than _CACHE_FLOATS floats (4 MiB, about a core's L2 on the CPUs measured) are
-# swept in blocks of whole images of about _BLOCK_FLOATS, so that the k*k passes over a block hit the
-# cache instead of memory: the weight gradient on 128x14x14x96 took 45-59 ms unblocked, 8-26 ms in
-# blocks of 4 images.
+# Activations of more than _CACHE_FLOATS floats (4 MiB, about a core's L2 cache) are swept in blocks
+# of whole images of about _BLOCK_FLOATS, so that the k*k passes over a block hit the cache instead of
+# memory; unblocked, the weight gradient of large activations ran several times slower
+# (`benchmarks/depthwise_ops.py`).
 _CACHE_FLOATS = 1 << 20
 _BLOCK_FLOATS = 1 << 17
 
@@ -121,9 +122,9 @@ def _shift_forward(x, kernel, size=None, stride: int = 1):
   at the strided output positions only.
 
   A loop over the taps rather than k*k unrolled multiply-adds: the same adds in the same order, but
-  one loop body in the program instead of k*k ops per depthwise layer (the supernet's train step has
-  ~100 of them: XLA:CPU compiled it in 14 s instead of 38 s, at the same step time), and the trip
-  count may be traced.
+  one loop body in the program instead of k*k ops per depthwise layer (a supernet's train step has
+  about a hundred such layers, so unrolled taps were most of what XLA:CPU compiled), at the same step
+  time, and the trip count may be traced.
   """
   kernel = jnp.asarray(kernel)  # may be numpy (an exported child's): indexed by the traced tap
   k = kernel.shape[0]
@@ -143,10 +144,9 @@ def _shift_forward(x, kernel, size=None, stride: int = 1):
 
 
 # Below this many output elements, an unstrided weight gradient is one batched GEMM instead of the
-# tap loop, whose iterations then cost more than their work. Forward + both gradients, summed over
-# kernel sizes 3, 5, 7 (min of 15, interleaved): 128x7x7x72 19.2 ms as a GEMM, 20.3 ms as a loop;
-# 128x7x7x144 42.3 against 31.9; 128x14x14x24 42.5 against 39.5; strided 128x14x14x48 96.5
-# against 29.0 (the loop visits the output positions only).
+# tap loop, whose iterations then cost more than their work; above it the loop wins, and always on
+# strided layers (the loop visits the output positions only). The threshold sits where forward + both
+# gradients, summed over kernel sizes 3, 5, 7, cost the same both ways (`benchmarks/depthwise_ops.py`).
 _GEMM_BELOW = 1 << 19
 
 

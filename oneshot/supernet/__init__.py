@@ -13,11 +13,11 @@ from oneshot.spaces.core import Space
 
 EXECUTORS = ("auto", "switch", "switch_exact", "mask")
 
-# Measured by benchmarks/step_time.py (supernet grad step / standalone child grad step, digits, batch 64,
-# idle 2-core XLA:CPU): switch 1.13x (24 s compile), switch_exact 0.74x (56 s), mask 3.73x (7 s).
-# switch has the best compile + steps total for runs under ~5,000 steps; switch_exact for longer ones.
-# On TPU/GPU conditionals are cheap and switch runs only the chosen path (TuNAS's own TPU code masks;
-# re-measure there with the same script before changing this table).
+# `auto` picks the executor with the best compile time plus step time for searches of a few thousand
+# steps: switch compiles far faster than switch_exact for about the same step, and mask pays for every
+# candidate in each step. benchmarks/step_time.py measures supernet / child step and compile per
+# executor (results in docs/results.md). On TPU/GPU conditionals are cheap and switch runs only the
+# chosen path (TuNAS's own TPU code masks); measure there with the same script before changing this.
 AUTO_EXECUTOR = {"cpu": "switch", "gpu": "switch", "cuda": "switch", "rocm": "switch", "tpu": "switch"}
 
 

@@ -12,11 +12,13 @@ Executors decide how a traced choice becomes computation:
   `lax.cond` for dropped blocks; stage widths stay channel masks inside each branch. Only the chosen
   kernel/expansion runs.
 * `switch_exact`: also branches on the input and output widths, so every branch has exactly the child's
-  shapes (fastest steps), at ~4x the branches and compile time of `switch`.
+  shapes, at a branch per (input width, output width) pair: more branches, so a longer compile than
+  `switch`, for about the same step (`benchmarks/step_time.py`; docs/results.md).
 * `mask`: the largest block always runs; the choice is a mask on kernel taps and channels. No control
   flow, fastest to compile, but pays the largest child every step.
 Every branch is wrapped in `jax.checkpoint`: without it JAX's cond partial-eval zero-fills the residuals
-of every other branch in the forward pass, which made switch gradients 2-4x slower than the child on CPU.
+of every other branch in the forward pass, work the child never does, which made switch gradients
+several times slower than the child's on CPU (`benchmarks/step_time.py`).
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ Executors decide how a traced op index becomes computation, per edge:
 * `switch`: `lax.switch` over the 5 ops, each branch rematerialised (jax.checkpoint) so XLA:CPU does not
   allocate and zero-fill every branch's residuals; only the chosen op runs. On CPU the branch convs use
   `conv2d_gemm_grad` (same forward, GEMM weight gradient): autodiff'd convs inside a conditional are
-  ~20x slower there. Supernet/child gradient step, C=16 N=5 batch 64 8x8x1, 2 shared CPU cores:
-  1.15-1.95x (switch), 2.5-42x (mask; it pays for every op, so small cells suffer most).
+  an order of magnitude slower there than at top level.
 * `mask`: all 5 ops run and a one-hot weighted sum selects one (exact: the others are multiplied by 0).
-  No control flow, at the cost of running both convolutions on every edge.
+  No control flow, at the cost of running both convolutions on every edge, so small cells, whose chosen
+  ops are cheap, pay the most relative to their child.
 BatchNorm always uses batch statistics, the search-time convention of one-shot NAS.
 """
 
@@ -121,8 +121,8 @@ def conv2d_gemm_grad(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """ops.conv2d (stride 1) with the same forward pass, and a weight gradient computed as one GEMM.
 
   Inside a `lax.switch` branch XLA:CPU runs the autodiff'd convolution's weight gradient (and, less
-  so, its input gradient) about 20x slower than at top level (25 ms vs 1.3 ms for a 3x3 conv's
-  gradient on 64x8x8x16), which made the switch executor 13x slower than the child. The forward
+  so, its input gradient) an order of magnitude slower than at top level, which made the switch
+  executor many times slower than the child; a GEMM runs at the same speed in a branch. The forward
   pass is unchanged, so logits still equal the child's; the input gradient is the usual convolution
   with the flipped kernel, the weight gradient an im2col GEMM (equal up to float rounding).
   """
