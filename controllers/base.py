@@ -44,8 +44,11 @@ class Controller(abc.ABC):
   def probabilities(self, state: State) -> np.ndarray:
     """[num_decisions, max_choices] marginal choice probabilities (0 in padded slots)."""
 
-  def best(self, state: State) -> DNA:
-    """The controller's own answer: the per-decision most likely choice (TuNAS exports the argmax)."""
+  def best(self, state: State) -> DNA | None:
+    """The controller's own answer: the per-decision most likely choice (TuNAS exports the argmax).
+
+    Controllers without a policy mode (random search, evolution) answer their best-rewarded DNA, or
+    None before any reward: callers must handle None."""
     return tuple(int(i) for i in np.argmax(self.probabilities(state), axis=1))
 
   def candidates(self, state: State, key: jax.Array, num: int) -> np.ndarray:
@@ -53,8 +56,9 @@ class Controller(abc.ABC):
     choice (`best`) first, then samples of its policy. The search scores all of them the same way
     and keeps the best (`controllers.rsws.select`): a policy's mode alone is one draw of a noisy
     estimate, and sampling several from a trained policy is what ENAS does."""
-    rows = [tuple(self.best(state))] + [tuple(int(c) for c in r)
-                                        for r in self.propose(state, key, max(1, num))]
+    own = self.best(state)
+    rows = ([tuple(own)] if own is not None else []) + [tuple(int(c) for c in r)
+                                                        for r in self.propose(state, key, max(1, num))]
     return distinct(rows, num, self.space)
 
   def entropy(self, state: State) -> float:

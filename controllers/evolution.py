@@ -110,13 +110,13 @@ class EvolutionController(Controller):
     order = live[np.argsort(-np.asarray(state["rewards"])[live], kind="stable")]
     return distinct([state["best_dna"]] + [state["dnas"][i] for i in order], num, self.space)
 
-  def best(self, state: State) -> DNA:
-    """The best DNA ever rewarded, kept in the state.
+  def best(self, state: State) -> DNA | None:
+    """The best DNA ever rewarded, kept in the state; None before the first reward.
 
     Not the argmax of `probabilities`: that combines each decision's majority choice into a DNA that may
     never have been evaluated, and evolution has no model saying it is good; and aging may already have
     removed the best member from the population. Real et al. report the best ever evaluated.
     """
     if int(state["count"]) == 0:
-      return super().best(state)
+      return None
     return tuple(int(i) for i in np.asarray(state["best_dna"]))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from oneshot.controllers.base import Controller, State, decision_mask
-from oneshot.spaces.core import Space
+from oneshot.spaces.core import DNA, Space
 
 
 class RandomController(Controller):
@@ -20,18 +20,40 @@ class RandomController(Controller):
 
   def init(self, key: jax.Array) -> State:
     del key
-    return {"step": np.zeros((), np.int32)}
+    return {"step": np.zeros((), np.int32),
+            "best_dna": np.zeros((self.space.num_decisions,), np.int32),
+            "best_reward": np.full((), -np.inf, np.float32)}
 
   def propose(self, state: State, key: jax.Array, num: int) -> np.ndarray:
     del state
     return sample_factorized(key, jnp.asarray(decision_mask(self.space)), num)
 
   def feedback(self, state, dnas, rewards):
-    return {"step": np.asarray(state["step"] + 1, np.int32)}, {"reward": float(np.mean(rewards))}
+    """Counts the step and keeps the best-rewarded DNA told so far (a NaN reward never wins): the
+    policy itself never changes."""
+    dnas = np.asarray(dnas, np.int32).reshape(-1, self.space.num_decisions)
+    rewards = np.asarray(rewards, np.float32).reshape(-1)
+    rewards = np.where(np.isnan(rewards), -np.inf, rewards)
+    best_dna = np.array(state["best_dna"], np.int32)
+    best_reward = np.asarray(state["best_reward"], np.float32)
+    if rewards.size and rewards.max() > best_reward:
+      best_dna, best_reward = dnas[int(np.argmax(rewards))].copy(), rewards.max()
+    new = {"step": np.asarray(state["step"] + 1, np.int32), "best_dna": best_dna,
+           "best_reward": np.asarray(best_reward, np.float32)}
+    return new, {"reward": float(np.mean(rewards))}
+
+  def best(self, state: State) -> DNA | None:
+    """The best-rewarded DNA told so far, or None before any finite reward.
+
+    Not the argmax of `probabilities`: a uniform policy has no mode, and that argmax is always the
+    all-zeros DNA, which nothing said was good. Random search's answer is the best it evaluated."""
+    if not np.isfinite(np.asarray(state["best_reward"])):
+      return None
+    return tuple(int(i) for i in np.asarray(state["best_dna"]))
 
   def candidates(self, state: State, key: jax.Array, num: int) -> np.ndarray:
-    """`num` distinct uniform draws (Li & Talwalkar): a uniform policy has no mode worth a slot; its
-    `best` (the argmax of uniform probabilities) would always be the all-zeros DNA."""
+    """`num` distinct uniform draws (Li & Talwalkar): each reward was one noisy minibatch, so the
+    answer is chosen among fresh random architectures by the rescoring rule, as RSWS does."""
     del state
     return distinct_samples(self.space, num, numpy_rng(key))
 

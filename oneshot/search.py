@@ -329,7 +329,8 @@ def _finish(sess, state, workdir, history, wall_start, primary, target=None) -> 
   select = select_config(config)
   key = jax.random.fold_in(jax.random.wrap_key_data(np.asarray(state["key"])), 2**31 - 1)
   dna, reward, table = answer(sess, params, sess.controller, state["controller"], key, target)
-  own = sess.space.format(sess.controller.best(state["controller"]))
+  own = sess.controller.best(state["controller"])  # None: no choice of its own (random, no rewards)
+  own = sess.space.format(own) if own is not None else None
   probs = sess.controller.probabilities(state["controller"])
   # With recalibrated finalists, `reward` is the exported child's accuracy; the search's own
   # batch-statistics figure of the same answer is kept beside it.

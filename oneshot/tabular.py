@@ -241,11 +241,14 @@ def run(space: Any, lookup: Mapping[tuple, float], algorithm: str, seed: int, bu
     state, _ = controller.feedback(state, proposed, values)
     dnas += proposed.tolist()
     rewards += values.tolist()
+  # The controller's own answer (TuNAS's argmax, ENAS's greedy decode, evolution's and random
+  # search's best-rewarded architecture); None where it has none.
   export = controller.best(state)
   return {"seed": seed, "dnas": dnas, "rewards": rewards,
           "best_so_far": np.maximum.accumulate(rewards).tolist(),
           "distinct": len({tuple(d) for d in dnas}),
-          "export": {"dna": list(export), "reward": lookup.get(export)}}
+          "export": ({"dna": list(export), "reward": lookup.get(tuple(export))} if export is not None
+                     else {"dna": None, "reward": None})}
 
 
 def _fresh(controller, state, key, proposed, seen, retries):

@@ -346,3 +346,22 @@ def test_sandwich_gives_largest_and_smallest_one_path_in_four_each(devices):
   others = paths[(np.arange(len(paths)) % 4) >= 2]
   assert len({tuple(p) for p in others}) > len(others) // 2  # the rest are uniform draws
   assert all(space.is_valid(p) for p in paths)
+
+
+def test_random_best_is_its_best_rewarded_architecture_or_none():
+  """A uniform policy has no mode: its answer is the best DNA it was told about, not the argmax of
+  uniform probabilities (the all-zeros DNA), and None before any usable reward."""
+  controller = controllers.build("random", MIXED)
+  state = controller.init(jax.random.PRNGKey(0))
+  assert controller.best(state) is None
+  state, _ = controller.feedback(state, np.asarray([[1, 1, 2, 3], [2, 0, 4, 1]], np.int32),
+                                 np.asarray([0.3, 0.7], np.float32))
+  assert controller.best(state) == (2, 0, 4, 1)
+  state, _ = controller.feedback(state, np.asarray([[0, 1, 1, 1], [1, 0, 0, 2]], np.int32),
+                                 np.asarray([np.nan, 0.5], np.float32))  # a failed evaluation never wins
+  assert controller.best(state) == (2, 0, 4, 1)
+  nan_only = controller.feedback(controller.init(jax.random.PRNGKey(0)), np.zeros((1, 4), np.int32),
+                                 np.asarray([np.nan], np.float32))[0]
+  assert controller.best(nan_only) is None
+  evolution = controllers.build("evolution", MIXED, CONFIGS["evolution"])
+  assert evolution.best(evolution.init(jax.random.PRNGKey(0))) is None  # nothing evaluated yet

@@ -150,3 +150,15 @@ def test_sync_batch_norm_is_refused_in_a_search():
   config.supernet.sync_batch_norm = True
   with pytest.raises(session_lib.UserError, match="sync_batch_norm"):
     session_lib.build(config)
+
+
+def test_random_search_without_rewards_has_no_controller_choice(tmp_path):
+  """`controller_choice` is the controller's own answer; random search that was never told a reward
+  (the whole search on uniform warm-up paths) has none, rather than the all-zeros DNA."""
+  config = tiny_config(num_steps=4, checkpoint_every=4, log_every=2, uniform_fraction=1.0)
+  config.controller.name = "random"
+  config.select.num_candidates = 4
+  config.select.top_k = 2
+  result = search.run(config, str(tmp_path / "w"))
+  assert result["selection"]["controller_choice"] is None
+  assert result["dna"] is not None

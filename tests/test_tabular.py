@@ -187,3 +187,12 @@ def test_evolution_defaults_select_hard_and_beat_random_search(table):
   finals = _finals(lookup, "evolution", seeds, budget)
   se = np.sqrt(finals.var(ddof=1) / len(finals) + base.var(ddof=1) / len(base))
   assert finals.mean() - base.mean() > max(2 * se, 0.5), (finals, base)
+
+
+def test_random_export_is_its_best_queried_architecture(table):
+  """Random search's export is the best architecture it queried (its `best_so_far`), not the
+  all-zeros DNA that the argmax of uniform probabilities would give."""
+  _, lookup = table
+  result = tabular.run(SPACE, lookup, "random", 0, 20, tabular.DEFAULTS["random"])
+  assert result["export"]["reward"] == pytest.approx(result["best_so_far"][-1])
+  assert result["export"]["dna"] == result["dnas"][int(np.argmax(result["rewards"]))]
