@@ -15,6 +15,16 @@ its baseline at 0, which at decay 0.99 needs hundreds of steps to reach the rewa
 sample looks good and gets reinforced); here the EMA is zero-debiased, as TuNAS does, so it is on scale
 from the first step.
 
+The log-probability REINFORCE uses is that of every decision sampled, including a skipped block's
+kernel and expansion (unlike TuNAS's hierarchical log-probabilities, `tunas.active_mask`). The LSTM
+samples those choices before the block's skip decision and feeds each one to the next steps, so they
+shape the rest of the architecture: leaving their terms out is unbiased only for a factorized policy,
+and here it biased the gradient (the mask even depends on a later sample). Of the two unbiased fixes,
+the full log-probability is the cleaner: one rule whatever the space's decision order, and the
+sampling path, the DNA layout and the LSTM's inputs stay as they are; sampling skip first and feeding
+a fixed token for inactive choices would reorder every space's decisions for ENAS alone. The cost is
+some variance from terms the reward does not depend on, which the baseline and batch absorb.
+
 The state is {"params", "opt_state", "baseline", "baseline_weight", "step"}: arrays only, checkpointable.
 """
 
@@ -30,7 +40,7 @@ import numpy as np
 import optax
 
 from oneshot.controllers.base import Controller, State
-from oneshot.controllers.tunas import active_mask, advantage_config, shaped_advantage, window_state
+from oneshot.controllers.tunas import advantage_config, shaped_advantage, window_state
 from oneshot.spaces.core import DNA, Space
 
 _NEG = -1e9  # finite "impossible" logit for padded slots: -inf would make 0 * -inf = NaN in the entropy
@@ -106,22 +116,19 @@ class EnasController(Controller):
   def sample_with_log_probs(self, state: State, key: jax.Array, num: int):
     """(dnas [num, D], log-probs [num], entropies [num]) from one compiled pass.
 
-    Sums over the active decisions of each sample only (`Space.active`), as the update does.
+    Sums over every decision sampled, as the update does (see the module docstring).
     """
     dnas, logp, ent = self._fns.sample(state["params"], key, int(num))
-    dnas = np.asarray(dnas, np.int32)
-    active = self.space.active(dnas)
-    return dnas, (np.asarray(logp) * active).sum(1), (np.asarray(ent) * active).sum(1)
+    return np.asarray(dnas, np.int32), np.asarray(logp).sum(1), np.asarray(ent).sum(1)
 
   def log_probs(self, state: State, dnas: np.ndarray) -> np.ndarray:
     """Log-probability of each DNA row under the current policy (teacher-forced)."""
-    logp, _ = self._fns.log_probs(state["params"], jnp.asarray(dnas, jnp.int32),
-                                  active_mask(self.space, dnas))
+    logp, _ = self._fns.log_probs(state["params"], jnp.asarray(dnas, jnp.int32))
     return np.asarray(logp)
 
   def feedback(self, state, dnas, rewards):
     new, metrics = self._fns.update(state, jnp.asarray(dnas, jnp.int32),
-                                    jnp.asarray(rewards, jnp.float32), active_mask(self.space, dnas))
+                                    jnp.asarray(rewards, jnp.float32))
     return new, {k: float(v) for k, v in metrics.items()}
 
   def probabilities(self, state: State) -> np.ndarray:
@@ -160,7 +167,7 @@ class _Fns:
     self.hidden_size = hidden_size
     self.init = jax.jit(self._init)
     self.sample = jax.jit(functools.partial(self._rollout, mode="sample"), static_argnums=2)
-    self.log_probs = jax.jit(lambda params, dnas, active: self._forced(params, dnas, active))
+    self.log_probs = jax.jit(self._forced)
     self.greedy = jax.jit(lambda params: self._rollout(params, None, 1, mode="greedy")[0])
     self.update = jax.jit(self._update)
 
@@ -172,7 +179,7 @@ class _Fns:
     """One pass over the decisions: sample, greedy, or teacher-forced on `dnas` [num, D].
 
     Returns (choices [num, D], log-probs [num, D], entropies [num, D]) per decision; callers sum them
-    over the active decisions.
+    over every decision.
     """
     net = self.net
     d_count = self.valid.shape[0]
@@ -204,14 +211,14 @@ class _Fns:
     _, (choices, logp, entropy) = jax.lax.scan(step, ((zeros, zeros), first), xs)
     return choices.T, logp.T, entropy.T
 
-  def _forced(self, params, dnas, active):
-    """Teacher-forced (log-prob [num], entropy [num]) of `dnas`, summed over active decisions only."""
+  def _forced(self, params, dnas):
+    """Teacher-forced (log-prob [num], entropy [num]) of `dnas`, summed over every decision."""
     _, logp, entropy = self._rollout(params, None, dnas.shape[0], dnas=dnas, mode="force")
-    return (logp * active).sum(1), (entropy * active).sum(1)
+    return logp.sum(1), entropy.sum(1)
 
-  def _update(self, state, dnas, rewards, active):
+  def _update(self, state, dnas, rewards):
     def loss_fn(params):
-      logp, sample_entropy = self._forced(params, dnas, active)
+      logp, sample_entropy = self._forced(params, dnas)
       # ENAS adds the sample entropy to the reward (so it enters the baseline too), not to the loss.
       shaped = rewards + self.entropy_weight * jax.lax.stop_gradient(sample_entropy)
       advantage, tracked = shaped_advantage(self.advantage, state, shaped, self.baseline_decay)

@@ -30,9 +30,11 @@ _NEG = -1e9
 def active_mask(space: Space, dnas: np.ndarray) -> jax.Array:
   """[N, D] float32: 1 where a decision of a DNA row matters (`Space.active`), else 0.
 
-  Computed on the host from the DNAs and passed into the jitted updates of TuNAS and ENAS, so both leave
-  a skipped block's kernel/expansion choices out of a sample's log-probability (TuNAS's hierarchical
-  log-probabilities): those choices did nothing, so the reward says nothing about them.
+  Computed on the host from the DNAs and passed into TuNAS's jitted update, which leaves a skipped
+  block's kernel/expansion choices out of a sample's log-probability (TuNAS's hierarchical
+  log-probabilities): those choices did nothing, and under a factorized policy they influenced no other
+  choice, so their terms carry no signal. ENAS's LSTM feeds them to later steps and keeps them (see
+  controllers/enas.py).
   """
   return jnp.asarray(space.active(np.asarray(dnas)), jnp.float32)
 

@@ -214,24 +214,25 @@ def test_tunas_log_prob_ignores_choices_of_a_skipped_block():
   assert not np.array_equal(after[kernel0], before[kernel0])
 
 
-def test_enas_update_ignores_choices_of_a_skipped_block():
+def test_enas_log_prob_is_the_full_probability_of_what_it_sampled():
+  """ENAS's LSTM samples a block's kernel and expansion before its skip decision and feeds them on, so
+  REINFORCE needs the log-probability of every token it sampled: over all DNAs of the space (a
+  skipped block's choices included) the probabilities sum to 1, and the update trains the heads of
+  a skipped block's decisions too."""
   space = _skippy_space()
   names = space.names
   controller = EnasController(space, {"hidden_size": 16, "learning_rate": 0.05})
   state = controller.init(jax.random.PRNGKey(0))
   state, _ = controller.feedback(state, _skipping_batch(space), np.full(8, 0.0, np.float32))
+  every = space.enumerate()
+  np.testing.assert_allclose(np.exp(controller.log_probs(state, every)).sum(), 1.0, atol=1e-4)
+  dnas, logp, _ = controller.sample_with_log_probs(state, jax.random.PRNGKey(1), 64)
+  np.testing.assert_allclose(logp, controller.log_probs(state, dnas), rtol=1e-5, atol=1e-5)
   before = np.asarray(state["params"]["params"]["head"]).copy()
   state, _ = controller.feedback(state, _skipping_batch(space), np.full(8, 1.0, np.float32))
   after = np.asarray(state["params"]["params"]["head"])
-  # A decision's softmax head is used only by that decision's log-prob (and sample entropy).
-  for name in ("block1/kernel", "block1/expansion"):
-    np.testing.assert_array_equal(after[names.index(name)], before[names.index(name)], err_msg=name)
-  assert not np.array_equal(after[names.index("block1/skip")], before[names.index("block1/skip")])
-  # Log-probs and sampled log-probs count active decisions only, and agree.
-  dnas, logp, _ = controller.sample_with_log_probs(state, jax.random.PRNGKey(1), 64)
-  np.testing.assert_allclose(logp, controller.log_probs(state, dnas), rtol=1e-5, atol=1e-5)
-  # (An inactive choice still conditions the later decisions through the LSTM's input embedding, since
-  # block1/skip comes after block1/kernel; only its own log-prob term is left out.)
+  for name in ("block1/kernel", "block1/expansion", "block1/skip"):
+    assert not np.array_equal(after[names.index(name)], before[names.index(name)]), name
 
 
 @pytest.mark.parametrize("name", ["tunas", "enas"])
