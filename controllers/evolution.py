@@ -52,10 +52,14 @@ class EvolutionController(Controller):
             "best_dna": np.zeros((d,), np.int32), "best_reward": np.full((), -np.inf, np.float32)}
 
   def propose(self, state: State, key: jax.Array, num: int) -> np.ndarray:
-    """Random DNAs while the population is not full, then `num` children of independent tournaments.
+    """Random DNAs while the population is not full (fewer than P rewards told), then `num` children
+    of independent tournaments.
 
-    With a batch (num > 1) straddling the end of the random phase, only the slots still empty are
-    random; the rest are children of the members already there.
+    The whole batch is random until then: the caller may feed back only some of its rows (the search
+    proposes its training paths and its reward paths in one call and rewards only the latter), so a
+    row's index says nothing about which population slot it will fill. Counting rows as slots filled
+    the last empty slots with mutants of a partial population. A batch that straddles the end of the
+    random phase may replace a few of the oldest random members with further random draws.
     """
     rng = numpy_rng(key)
     count = int(state["count"])
@@ -63,7 +67,7 @@ class EvolutionController(Controller):
     dnas, rewards = np.asarray(state["dnas"]), np.asarray(state["rewards"])
     out = np.zeros((num, self.space.num_decisions), np.int32)
     for i in range(num):
-      if count + i < self.population_size or members.size == 0:
+      if count < self.population_size or members.size == 0:
         out[i] = self.space.sample(rng)
         continue
       size = min(self.tournament_size, members.size)

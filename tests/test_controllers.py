@@ -366,3 +366,22 @@ def test_random_best_is_its_best_rewarded_architecture_or_none():
   assert controller.best(nan_only) is None
   evolution = controllers.build("evolution", MIXED, CONFIGS["evolution"])
   assert evolution.best(evolution.init(jax.random.PRNGKey(0))) is None  # nothing evaluated yet
+
+
+def test_evolution_initial_population_is_random_even_when_training_paths_share_the_batch(monkeypatch):
+  """The search proposes one training path and one reward path per call and rewards only the second:
+  the first P rewarded architectures must all be random draws, none a mutant of a partial population."""
+  controller = EvolutionController(MIXED, {"population_size": 4, "tournament_size": 2})
+  mutated_at = []
+  original = Space.mutate
+  state = controller.init(jax.random.PRNGKey(0))
+
+  def watched(space, dna, rng):
+    mutated_at.append(int(state["count"]))
+    return original(space, dna, rng)
+
+  monkeypatch.setattr(Space, "mutate", watched)
+  for step in range(6):
+    proposals = controller.propose(state, jax.random.PRNGKey(step), 2)
+    state, _ = controller.feedback(state, proposals[1:], _toy_reward(proposals[1:]))
+  assert mutated_at and min(mutated_at) >= 4, mutated_at  # mutants only once P rewards are in
