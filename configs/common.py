@@ -60,9 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.standalone_steps = 0      # oneshot train / rank: child training steps (0: num_steps)
   c.train.max_nonfinite_steps = 10  # consecutive NaN/Inf losses before the search stops
 
-  # Controller hyperparameters left at None take the controller's own published defaults (ENAS:
-  # lr 0.0035, baseline decay 0.99, entropy weight 1e-4, T 5, c 2.5; TuNAS: lr 0.05, baseline momentum
-  # 0.95, no entropy term); a value set here or by --config.controller.X=V applies to whichever
+  # Controller hyperparameters left at None take the controller's own defaults (ENAS's published
+  # lr 0.0035, baseline decay 0.99, entropy weight 1e-4, T 5, c 2.5; TuNAS's baseline momentum 0.95 and
+  # no entropy term, with lr 0.05, this project's value, not the released code's 0.0003 x batch/256:
+  # see controllers/tunas.py); a value set here or by --config.controller.X=V applies to whichever
   # controller runs. search_result.json records the values in force.
   # Latency-targeted search (oneshot/hardware/target.py): off until target_latency_ms is set; then
   # rewards and the final choice fold the modelled latency of each architecture into its accuracy.

@@ -385,3 +385,18 @@ def test_evolution_initial_population_is_random_even_when_training_paths_share_t
     proposals = controller.propose(state, jax.random.PRNGKey(step), 2)
     state, _ = controller.feedback(state, proposals[1:], _toy_reward(proposals[1:]))
   assert mutated_at and min(mutated_at) >= 4, mutated_at  # mutants only once P rewards are in
+
+
+def test_tunas_released_learning_rate_leaves_a_short_search_near_uniform():
+  """Why TuNAS's default lr is this project's 0.05, not the released 0.0003 x batch/256 grown 10x: at
+  this project's batches and ~1,500 controller updates the released rate hardly moves the policy on a
+  problem the default solves (test_tunas_concentrates_on_rewarded_choice_and_stays_finite)."""
+  from oneshot.controllers import tunas  # pylint: disable=import-outside-toplevel
+  assert tunas.released_learning_rate(4096) == pytest.approx(0.0048)
+  assert TunasController(MIXED, {}).optimizer is not None and tunas.DEFAULT_LEARNING_RATE == 0.05
+  updates = 1500
+  controller = TunasController(MIXED, {"num_steps": updates, "warmup_fraction": 0.0, "lr_growth": 10.0,
+                                       "learning_rate": tunas.released_learning_rate(128)})
+  state, _ = _train(controller, controller.init(jax.random.PRNGKey(0)), steps=updates, batch=2)
+  assert np.abs(np.asarray(state["logits"])).max() < 1.0
+  assert controller.probabilities(state)[:, 1].min() < 0.75
