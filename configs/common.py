@@ -98,6 +98,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.controller.tau_max = placeholder(float)            # gdas: Gumbel temperature, annealed to tau_min
   c.controller.tau_min = placeholder(float)
   c.controller.beta_regularization = placeholder(float)  # darts: beta-DARTS's lambda (0: off)
+  # darts, gdas, proxyless: their answer, "argmax" (None: the papers' argmax alpha) or "rescored" (the
+  # rule below); search_result.json reports the rescored pick beside the argmax either way.
+  c.controller.answer = placeholder(str)
 
   # The answer, the same rule for every controller: `num_candidates` architectures from the controller
   # (its own choice plus policy samples, its population, or random draws), each scored on the same

@@ -18,6 +18,12 @@ gradients are averaged. Optimisers follow the papers: DARTS and GDAS use Adam 3e
 weight decay 1e-3 (added to the gradient, as PyTorch's Adam); ProxylessNAS Adam 6e-3, betas
 (0, 0.999). They learn from gradients, not rewards: `feedback` is not how they learn, so `oneshot
 tabular` and `oneshot cosearch`, which only have rewards, refuse them.
+
+Their answer is argmax alpha (`best`), as their papers derive it, not the generic rescoring rule: DARTS's
+discrete children were never trained alone, and picking among sampled children by their supernet score
+is another method than the one these controllers implement. The search still runs the rescoring rule
+and reports its pick beside the answer (search_result.json `selection.rescored_pick`); config
+`controller.answer="rescored"` makes that pick the answer instead.
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ import optax
 
 from oneshot.controllers.base import Controller, State, decision_mask
 from oneshot.controllers.random import sample_factorized
+from oneshot.errors import UserError
 from oneshot.spaces.core import Space
+
+ANSWER_RULES = ("argmax", "rescored")
 
 
 class GradientController(Controller):
@@ -47,6 +56,10 @@ class GradientController(Controller):
     c = {**self.defaults, **{k: v for k, v in self.config.items() if k in self.defaults}}
     self.hyper = c
     self.num_steps = max(1, int(self.config.get("num_steps", 1)))
+    self.answer_rule = str(self.config.get("answer", "argmax"))  # read by `search.answer`
+    if self.answer_rule not in ANSWER_RULES:
+      raise UserError(f"--config.controller.answer is {self.answer_rule!r}; use one of "
+                      f"{list(ANSWER_RULES)} (argmax: the papers' argmax alpha)")
     # 0 for real choices, a large negative number for padded slots (finite: -inf makes NaN gradients).
     self.mask = jnp.asarray(np.where(np.isfinite(decision_mask(space)), 0.0, -1e9), jnp.float32)
     self.tx = optax.chain(optax.add_decayed_weights(float(c["weight_decay"])),

@@ -323,8 +323,9 @@ def _previous_wall(workdir: epath.Path) -> float:
 
 
 def _finish(sess, state, workdir, history, wall_start, primary, target=None) -> dict:
-  """The answer (`controllers.rsws.select` over the controller's candidates, scored with the trained
-  weights), written to search_result.json with the finalists' scores."""
+  """The answer (`answer`: the controller's argmax for the gradient-based ones, else
+  `controllers.rsws.select` over its candidates, scored with the trained weights), written to
+  search_result.json with the finalists' scores and the rescoring rule's pick."""
   config, params = sess.config, state["params"]
   select = select_config(config)
   key = jax.random.fold_in(jax.random.wrap_key_data(np.asarray(state["key"])), 2**31 - 1)
@@ -342,6 +343,8 @@ def _finish(sess, state, workdir, history, wall_start, primary, target=None) -> 
             "controller_name": config.controller.name,
             "controller_hyperparameters": session_lib.controller_config(config),
             "selection": {**select, "candidates_scored": len(table), "controller_choice": own,
+                          "answer_rule": answer_rule(sess.controller),
+                          "rescored_pick": rescored_pick(table),
                           "finalists": [r for r in table if r["rescore"] is not None]},
             "steps": int(state["step"]), "wall_seconds": time.time() - wall_start,
             "num_devices": sess.num_devices,
@@ -361,8 +364,10 @@ def answer(sess, params, controller, controller_state, key,
   """(DNA, its whole-validation accuracy, selection table): the controller's candidates scored with
   the supernet weights `params` by `controllers.rsws.select`, as `config.select` says; finalists are
   rescored with batch-statistics BN, or as standalone children with BN recalibrated on
-  `select.recalibrate_batches` train batches (SPOS, Once-for-All). With a latency `target`, candidates
-  are ranked by the same hardware-aware reward the controller learned from."""
+  `select.recalibrate_batches` train batches (SPOS, Once-for-All), and their rows get `accuracy`. With
+  a latency `target`, candidates are ranked by the same hardware-aware reward the controller learned
+  from. The answer is the best finalist, or for a controller whose `answer_rule` is "argmax" its own
+  choice (evaluated the same way), the table still holding the rescored pick."""
   from oneshot import export  # pylint: disable=import-outside-toplevel
   from oneshot.controllers import rsws  # pylint: disable=import-outside-toplevel
   select = select_config(sess.config)
@@ -383,7 +388,30 @@ def answer(sess, params, controller, controller_state, key,
     return accuracy[dna] if target is None else float(target.rewards([dna], [accuracy[dna]])[0])
 
   dna, table = rsws.select(sess.space, candidates, score, top_k=select["top_k"], rescore_fn=rescore)
+  for row in table:  # the finalists' accuracies, whatever the ranking reward
+    if row["rescore"] is not None:
+      row["accuracy"] = accuracy[tuple(row["dna"])]
+  if answer_rule(controller) == "argmax":  # the papers' answer; the rescored pick stays in the table
+    dna = tuple(int(c) for c in sess.space.canonical(np.asarray(
+        controller.best(controller_state), np.int32)[None])[0])
+    if dna not in accuracy:
+      rescore(dna)
   return dna, accuracy[tuple(dna)], table
+
+
+def answer_rule(controller) -> str:
+  """"argmax": the answer is the controller's own choice (DARTS, GDAS and ProxylessNAS answer argmax
+  alpha: their papers derive the architecture from the trained logits, and DARTS's discrete children
+  were never trained alone, so rescoring them on the supernet is not their method); "rescored": the
+  generic rule, the best rescored candidate. A controller says which with `answer_rule`."""
+  return getattr(controller, "answer_rule", "rescored")
+
+
+def rescored_pick(table: list) -> dict | None:
+  """The generic rule's pick among the finalists of `table` (best rescore; ties to the better cheap
+  score, which comes first), reported beside an argmax answer."""
+  finalists = [r for r in table if r["rescore"] is not None]
+  return max(finalists, key=lambda r: r["rescore"]) if finalists else None
 
 
 def select_config(config) -> dict:

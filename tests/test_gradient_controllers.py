@@ -189,3 +189,28 @@ def test_one_device_search_writes_the_usual_files(tmp_path):
   for name in ("search_result.json", "metrics.jsonl", "controller.png", "controller_history.json",
                "config.json"):
     assert (tmp_path / name).exists(), name
+
+
+def test_gradient_controllers_answer_argmax_alpha_with_the_rescored_pick_beside(tmp_path):
+  """DARTS, GDAS and ProxylessNAS answer the argmax of their logits, as their papers do; the generic
+  rule's pick (the best rescored finalist) is reported beside it, and `controller.answer="rescored"`
+  makes that rule the answer."""
+  config = tiny_config(num_steps=4, checkpoint_every=4, log_every=2)
+  config.controller.name = "darts"
+  config.train.uniform_fraction = 0.0
+  config.select.num_candidates = 6
+  config.select.top_k = 3
+  result = search.run(config, str(tmp_path))
+  space = spaces.build(config.space)
+  probs = [result["controller"][d.name] for d in space.decisions]
+  argmax = space.canonical(np.asarray([[int(np.argmax(p)) for p in probs]], np.int32))[0]
+  assert result["dna"] == [int(c) for c in argmax]
+  selection = result["selection"]
+  assert selection["answer_rule"] == "argmax"
+  pick = selection["rescored_pick"]
+  assert pick["rescore"] == max(f["rescore"] for f in selection["finalists"])
+  assert pick["accuracy"] is not None and "accuracy" in selection["finalists"][0]
+  rescored = controllers.build("darts", space, {"answer": "rescored"})
+  assert search.answer_rule(rescored) == "rescored"
+  with pytest.raises(UserError, match="controller.answer"):
+    controllers.build("gdas", space, {"answer": "best"})
