@@ -337,7 +337,12 @@ def _finish(sess, state, workdir, history, wall_start, primary, target=None) -> 
   # batch-statistics figure of the same answer is kept beside it.
   batch_stats = ({"reward_batch_stats": session_lib.evaluate(sess, params, dna)}
                  if select["recalibrate_batches"] else {})
-  result = {**sess.space.to_json(dna), "reward": reward, **batch_stats,
+  # `reward` keeps its name for the file's readers; `reward_basis` says what it is. Under the
+  # rescoring rule it is the best of the finalists' rescores, measured on the very validation images
+  # that chose the answer, so it is optimistic (the winner's curse), never an unbiased estimate of
+  # the answer's accuracy: that takes data the selection did not see (`oneshot train`, the test set).
+  basis = "max_over_finalists" if answer_rule(sess.controller) == "rescored" else "controller_argmax"
+  result = {**sess.space.to_json(dna), "reward": reward, "reward_basis": basis, **batch_stats,
             "controller": {d.name: [float(p) for p in probs[i, :d.num_choices]]
                            for i, d in enumerate(sess.space.decisions)},
             "controller_name": config.controller.name,

@@ -206,7 +206,7 @@ def test_gradient_controllers_answer_argmax_alpha_with_the_rescored_pick_beside(
   argmax = space.canonical(np.asarray([[int(np.argmax(p)) for p in probs]], np.int32))[0]
   assert result["dna"] == [int(c) for c in argmax]
   selection = result["selection"]
-  assert selection["answer_rule"] == "argmax"
+  assert selection["answer_rule"] == "argmax" and result["reward_basis"] == "controller_argmax"
   pick = selection["rescored_pick"]
   assert pick["rescore"] == max(f["rescore"] for f in selection["finalists"])
   assert pick["accuracy"] is not None and "accuracy" in selection["finalists"][0]

@@ -37,6 +37,8 @@ def test_random_search_answers_the_best_rescored_candidate_and_differs_between_s
   assert r0["dna"] != r1["dna"]  # not the argmax of uniform probabilities (all zeros)
   assert r0["selection"]["candidates_scored"] == 40 and len(r0["selection"]["finalists"]) == 5
   assert r0["reward"] == max(f["rescore"] for f in r0["selection"]["finalists"])
+  # The figure is a maximum over finalists on the images that chose the answer, and says so.
+  assert r0["reward_basis"] == "max_over_finalists"
   # On the supernet, the answer scores at least as well as other random architectures.
   sess = session_lib.build(config)
   state = checkpoint.restore_latest(checkpoint.manager(w0),
