@@ -5,7 +5,11 @@ seconds: each run (algorithm, seed) gets exactly `--budget` queries (repeats cou
 training run), and the score is the best reward seen after the last one. Example:
 
   oneshot tabular --space nasbench201 --table nb201.csv --arch-column arch --reward-column valid_acc \
-      --algorithm random,evolution --budget 100 --seeds 10 --out runs.json
+      --test-column test_acc --algorithm random,evolution --budget 100 --seeds 10 --out runs.json
+
+The search sees only the reward column. `--test-column` also reports, NAS-Bench-201's practice, the
+test column of the architecture the search chose (its best reward so far): the searched column's own
+best is a maximum over the queries, biased upwards by the noise it was selected on.
 """
 
 from __future__ import annotations
@@ -89,6 +93,8 @@ def _define(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("arch_column", None, "Column with the architecture strings.", flag_values=fv)
   flags.DEFINE_string("reward_column", None, "Column with the rewards (higher is better).",
                       flag_values=fv)
+  flags.DEFINE_string("test_column", None, "Optional column reported for the chosen architecture "
+                      "(e.g. test accuracy); never shown to the search.", flag_values=fv)
   flags.DEFINE_multi_string("algorithm", None, f"Repeatable or comma list of {', '.join(ALGORITHMS)} "
                             "(default: all four).", flag_values=fv)
   flags.DEFINE_integer("budget", 100, "Reward queries per run.", flag_values=fv)
@@ -120,6 +126,8 @@ def main(argv: Sequence[str]) -> int:
   for name in algorithms:  # bad --set values fail here, before any run prints
     build(space, name, hparams[name], args.budget)
   lookup = load_table(args.table, space, args.arch_column, args.reward_column)
+  test = (load_table(args.table, space, args.arch_column, args.test_column, flag="--test-column")
+          if args.test_column else None)
   optimum_dna = max(lookup, key=lookup.get)
   seeds = list(range(args.first_seed, args.first_seed + args.seeds))
 
@@ -128,18 +136,24 @@ def main(argv: Sequence[str]) -> int:
   for name in algorithms:
     start = time.perf_counter()
     runs[name] = [run(space, lookup, name, seed, args.budget, hparams[name], table=args.table,
-                      retries=args.retries) for seed in seeds]
+                      retries=args.retries, test=test) for seed in seeds]
     finals = np.array([r["best_so_far"][-1] for r in runs[name]])
     summary[name] = {"mean": float(finals.mean()), "std": _std(finals),
                      "seconds": time.perf_counter() - start}
-    print(f"{name:<10} best reward after {args.budget} queries: {summary[name]['mean']:.4f} +- "
-          f"{summary[name]['std']:.4f} over {len(seeds)} seeds")
+    line = (f"{name:<10} best reward after {args.budget} queries: {summary[name]['mean']:.4f} +- "
+            f"{summary[name]['std']:.4f} over {len(seeds)} seeds")
+    if test is not None:
+      tests = np.array([r["chosen"]["test"] for r in runs[name]])
+      summary[name].update(test_mean=float(tests.mean()), test_std=_std(tests))
+      line += (f"; {args.test_column} of the chosen: {summary[name]['test_mean']:.4f} +- "
+               f"{summary[name]['test_std']:.4f}")
+    print(line)
   print(f"table optimum: {lookup[optimum_dna]:.4f} {space.format(optimum_dna)} "
         f"({len(lookup)} architectures)")
 
   if args.out:
     report = {"space": args.space, "table": args.table, "reward_column": args.reward_column,
-              "budget": args.budget, "seeds": seeds, "retries": args.retries,
+              "test_column": args.test_column, "budget": args.budget, "seeds": seeds, "retries": args.retries,
               "table_optimum": {"dna": list(optimum_dna), "string": space.format(optimum_dna),
                                 "reward": lookup[optimum_dna]},
               "hyperparameters": hparams, "summary": summary, "runs": runs}
@@ -173,8 +187,10 @@ def hyperparameters(algorithms: Sequence[str], overrides: Sequence[str]) -> dict
   return out
 
 
-def load_table(path: str, space: Any, arch_column: str, reward_column: str) -> dict[tuple, float]:
-  """DNA -> reward from a CSV; every problem is a UserError naming the row (header = row 1)."""
+def load_table(path: str, space: Any, arch_column: str, reward_column: str,
+               flag: str = "--reward-column") -> dict[tuple, float]:
+  """DNA -> value of `reward_column` from a CSV (`flag` names the option that chose the column);
+  every problem is a UserError naming the row (header = row 1)."""
   try:
     f = open(path, newline="", encoding="utf-8")
   except OSError as e:
@@ -184,9 +200,9 @@ def load_table(path: str, space: Any, arch_column: str, reward_column: str) -> d
   with f:
     reader = csv.DictReader(f)
     columns = reader.fieldnames or []
-    for column, flag in ((arch_column, "--arch-column"), (reward_column, "--reward-column")):
+    for column, option in ((arch_column, "--arch-column"), (reward_column, flag)):
       if column not in columns:
-        raise UserError(f"{path} has no column {column!r} ({flag}); its columns are {columns}")
+        raise UserError(f"{path} has no column {column!r} ({option}); its columns are {columns}")
     for row in reader:
       n = reader.line_num
       text = (row.get(arch_column) or "").strip()
@@ -213,9 +229,11 @@ def load_table(path: str, space: Any, arch_column: str, reward_column: str) -> d
 
 
 def run(space: Any, lookup: Mapping[tuple, float], algorithm: str, seed: int, budget: int,
-        hparams: Mapping[str, Any], table: str = "the table", retries: int | None = None
-        ) -> dict[str, Any]:
-  """One search of `budget` table queries; returns the trajectory (dnas, rewards, best_so_far).
+        hparams: Mapping[str, Any], table: str = "the table", retries: int | None = None,
+        test: Mapping[tuple, float] | None = None) -> dict[str, Any]:
+  """One search of `budget` table queries; returns the trajectory (dnas, rewards, best_so_far) and
+  `chosen`: the architecture with the best reward (the first queried of equals), with its `test`
+  value from `test` (None without it). The search never sees `test`.
 
   A proposal already queried in this run (or twice in one batch) is replaced by a fresh proposal from
   the same state, up to `retries` times (default RETRIES); when the controller keeps proposing
@@ -244,8 +262,11 @@ def run(space: Any, lookup: Mapping[tuple, float], algorithm: str, seed: int, bu
   # The controller's own answer (TuNAS's argmax, ENAS's greedy decode, evolution's and random
   # search's best-rewarded architecture); None where it has none.
   export = controller.best(state)
+  chosen = tuple(dnas[int(np.argmax(rewards))])
   return {"seed": seed, "dnas": dnas, "rewards": rewards,
           "best_so_far": np.maximum.accumulate(rewards).tolist(),
+          "chosen": {"dna": list(chosen), "reward": float(max(rewards)),
+                     "test": None if test is None else test.get(chosen)},
           "distinct": len({tuple(d) for d in dnas}),
           "export": ({"dna": list(export), "reward": lookup.get(tuple(export))} if export is not None
                      else {"dna": None, "reward": None})}

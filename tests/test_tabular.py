@@ -196,3 +196,31 @@ def test_random_export_is_its_best_queried_architecture(table):
   result = tabular.run(SPACE, lookup, "random", 0, 20, tabular.DEFAULTS["random"])
   assert result["export"]["reward"] == pytest.approx(result["best_so_far"][-1])
   assert result["export"]["dna"] == result["dnas"][int(np.argmax(result["rewards"]))]
+
+
+def test_test_column_reports_the_chosen_architectures_test_value(table, tmp_path, capsys):
+  """NAS-Bench-201's practice: the search sees the reward column only; the report adds the test
+  column of the architecture it chose (its best reward), not the test column's own best."""
+  _, lookup = table
+  test_of = {dna: round(100.0 - 7.0 * reward, 4) for dna, reward in lookup.items()}  # never the max
+  path = _write(tmp_path / "with_test.csv",
+                [(SPACE.format(d), f"{r:.4f}", f"{test_of[d]:.4f}") for d, r in lookup.items()],
+                header=("arch", "acc", "test"))
+  out = tmp_path / "runs.json"
+  assert tabular.main(_args(path, "--test-column", "test", "--algorithm", "random,tunas",
+                            "--budget", "10", "--seeds", "2", "--out", str(out))) == 0
+  lines = capsys.readouterr().out.splitlines()
+  report = json.loads(out.read_text())
+  assert report["test_column"] == "test"
+  for name in ("random", "tunas"):
+    tests = []
+    for r in report["runs"][name]:
+      chosen = tuple(r["chosen"]["dna"])
+      assert r["chosen"]["reward"] == pytest.approx(max(r["rewards"]))
+      assert lookup[chosen] == pytest.approx(max(r["rewards"]))
+      assert r["chosen"]["test"] == pytest.approx(test_of[chosen])
+      tests.append(test_of[chosen])
+    assert report["summary"][name]["test_mean"] == pytest.approx(np.mean(tests))
+    assert any(l.startswith(name) and "; test of the chosen: " in l for l in lines)
+  with pytest.raises(UserError, match=r"no column 'nope' \(--test-column\)"):
+    tabular.main(_args(path, "--test-column", "nope", "--budget", "2", "--seeds", "1"))
