@@ -70,7 +70,18 @@ class LatencyTarget:
     architectures (ProxylessNAS's latency lookup table is the same additive model, measured per op);
     the expectation under independent per-decision probabilities is then exact for that fit:
     E[T] = b + sum_{d,i} p[d, i] t[d, i]. The penalty is the reward's latency term at E[T] with the
-    sign of a loss: tunas -beta * |E[T]/T0 - 1|, mnas -w * log(E[T]/T0)."""
+    sign of a loss: tunas -beta * |E[T]/T0 - 1|, mnas -w * log(E[T]/T0).
+
+    Not ProxylessNAS's own forms, on purpose. Its additive CE + lambda * E[LAT] has no target: it
+    trades accuracy for speed at a rate lambda (ms per nat) that must be retuned for every target to
+    land near it, while a latency-targeted search here must answer inside a narrow band around T0;
+    TuNAS's absolute term is zero at the target and rises on both sides, so one beta serves every
+    target. Its multiplicative CE * (log LAT / log T)^beta assumes latencies above 1 in the unit used
+    (milliseconds on a phone): this space's modelled latencies are fractions of a millisecond, where
+    both logs are negative and their ratio falls as LAT grows, so the factor would reward slower
+    networks. The term is added to a cross-entropy in nats while beta was set on an accuracy-scale
+    reward: the two scales differ (a nat of loss is not a point of accuracy), so `hardware.beta`
+    needs its own check for these controllers: it has not been measured for them yet."""
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     dnas = space.sample(np.random.default_rng(seed), samples)
     latency = self.costs(dnas)["latency_ms"].astype(np.float64)
