@@ -43,6 +43,7 @@ from oneshot.spaces.core import DNA, Space
 COLUMNS = ("band_ms", "dna", "string", "latency_ms", "num_params", "flops", "seed", "steps",
            "validation_accuracy", "validation_loss", "test_accuracy", "test_loss", "train_seconds")
 KEY = ("dna", "seed", "steps")           # what identifies a row; everything else is measured
+REQUIRED = KEY + ("band_ms", "latency_ms", "num_params", "flops", "test_accuracy")
 RECALIBRATE_BATCHES = 20                 # as `oneshot rank` and the search's finalists
 UNCONSTRAINED = 0.0                      # band_ms of architectures drawn without a latency window
 
@@ -89,8 +90,8 @@ def band_architectures(space: Space, costs, target_ms: float, width: float, num:
   rng = np.random.default_rng([seed, int(round(target_ms * 1e6))])
   chosen, seen = [], set()
   multiplicity = lambda dnas: np.prod(np.where(space.active(dnas), 1, space.num_choices[None]), 1)
-  for _ in range(1000):
-    dnas = space.canonical(space.sample(rng, 4096))
+  for _ in range(200):
+    dnas = space.canonical(rng.integers(space.num_choices[None], size=(4096, space.num_decisions)))
     keep = rng.random(len(dnas)) < 1.0 / multiplicity(dnas)
     if target_ms > 0:
       keep &= np.abs(costs(dnas)[0] / target_ms - 1.0) <= width
@@ -127,12 +128,13 @@ def read_table(path: str | os.PathLike) -> list[dict[str, str]]:
     return []
   with open(path, newline="", encoding="utf-8") as f:
     reader = csv.DictReader(f)
-    missing = [c for c in KEY + ("band_ms", "test_accuracy") if c not in (reader.fieldnames or ())]
+    missing = [c for c in REQUIRED if c not in (reader.fieldnames or ())]
     if missing:
       raise UserError(f"{path} is not a band table (no {missing[0]!r} column); give a CSV written "
                       "by the band builder, or a new file name")
-    return [row for row in reader if all(row.get(c) not in (None, "") for c in COLUMNS
-                                         if c in reader.fieldnames)]
+    # A short row (None in its last fields) is a build killed mid-write; required values must be set.
+    return [row for row in reader if None not in row.values() and
+            all(row.get(c) not in (None, "") for c in REQUIRED)]
 
 
 class Trainer:
@@ -148,26 +150,36 @@ class Trainer:
     self.dataset = data.load(config.dataset)
     from oneshot import spaces  # pylint: disable=import-outside-toplevel
     self.space = spaces.build(config.space)
+    self._compiled = (None, None)  # ((dna, steps), (model, step, tx, runner)) of the last architecture
+
+  def _child(self, dna: DNA, steps: int):
+    """The child's model, train step, optimizer and runner, compiled once for all its seeds."""
+    # pylint: disable=import-outside-toplevel
+    from oneshot import export, supernet, train
+    if self._compiled[0] != (dna, steps):
+      ds = self.dataset
+      model = supernet.child_model(self.space, dna, ds.num_classes, ds.image_shape[-1],
+                                   self.config.supernet.depthwise)
+      tx = train.optimizer(self.config, steps)
+      self._compiled = ((dna, steps), (model, train.make_train_step(model, tx), tx,
+                                       export.ChildRunner(model)))
+    return self._compiled[1]
 
   def run(self, job: Job) -> dict[str, Any]:
     # pylint: disable=import-outside-toplevel
     import jax
     import jax.numpy as jnp
-    from oneshot import export, supernet, train
+    from oneshot import export
     t, ds = self.config.train, self.dataset
     tic = time.time()
-    model = supernet.child_model(self.space, job.dna, ds.num_classes, ds.image_shape[-1],
-                                 self.config.supernet.depthwise)
+    model, step, tx, runner = self._child(job.dna, job.steps)
     key = jax.random.fold_in(jax.random.PRNGKey(job.seed), zlib.crc32(format_dna(job.dna).encode()))
     variables = jax.jit(model.init)(key, jnp.zeros((1,) + tuple(ds.image_shape), jnp.float32))
-    tx = train.optimizer(self.config, job.steps)
-    step = train.make_train_step(model, tx)
     params, stats = variables["params"], variables["batch_stats"]
     opt_state = tx.init(params)
     for i in range(job.steps):
       batch = ds.batch("train", i, t.batch_size, job.seed)
       params, stats, opt_state, _ = step(params, stats, opt_state, batch["image"], batch["label"])
-    runner = export.ChildRunner(model)
     recal = [ds.batch("train", i, t.batch_size, job.seed) for i in range(RECALIBRATE_BATCHES)]
     child = runner.recalibrate(jax.device_get({"params": params, "batch_stats": stats}), recal)
     val = runner.evaluate(child, ds, "validation", t.eval_batch_size)
@@ -195,8 +207,8 @@ def _pin_worker(config_dict: dict, cores: Any) -> None:
   _WORKER = Trainer(ml_collections.ConfigDict(config_dict))
 
 
-def _run_in_worker(job: Job) -> tuple[Job, dict]:
-  return job, _WORKER.run(job)
+def _run_in_worker(group: Sequence[Job]) -> list[tuple[Job, dict]]:
+  return [(job, _WORKER.run(job)) for job in group]
 
 
 def build(config, out: str | os.PathLike, jobs: Sequence[Job], costs, workers: int = 2,
@@ -209,6 +221,7 @@ def build(config, out: str | os.PathLike, jobs: Sequence[Job], costs, workers: i
         file=log)
   if not todo:
     return 0
+  _drop_partial_line(out)
   new_file = not os.path.exists(out) or os.path.getsize(out) == 0
   written = 0
   with open(out, "a", newline="", encoding="utf-8") as f:
@@ -229,6 +242,17 @@ def build(config, out: str | os.PathLike, jobs: Sequence[Job], costs, workers: i
   return written
 
 
+def _drop_partial_line(path: str | os.PathLike) -> None:
+  """A build killed mid-write leaves a last line without its newline: cut it, so the next row starts
+  on a line of its own (that job is trained again)."""
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    if data and not data.endswith(b"\n"):
+      f.truncate(data.rfind(b"\n") + 1)
+
+
 def _results(config, todo: Sequence[Job], workers: int):
   if workers == 0:
     import ml_collections  # pylint: disable=import-outside-toplevel
@@ -242,15 +266,18 @@ def _results(config, todo: Sequence[Job], workers: int):
   cores = ctx.Value("i", 0)
   with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pin_worker,
                                               initargs=(config.to_dict(), cores)) as pool:
-    # At most 2 jobs queued per worker, so an interrupted build has few rows in flight.
-    pending, queue = set(), list(todo)
-    while queue or pending:
-      while queue and len(pending) < 2 * workers:
-        pending.add(pool.submit(_run_in_worker, queue.pop(0)))
+    # Work goes out an architecture at a time (its seeds share one compilation), at most two per
+    # worker in flight, so an interrupted build loses few rows.
+    groups = [[j for j in todo if (j.dna, j.steps) == key]
+              for key in dict.fromkeys((j.dna, j.steps) for j in todo)]
+    pending = set()
+    while groups or pending:
+      while groups and len(pending) < 2 * workers:
+        pending.add(pool.submit(_run_in_worker, groups.pop(0)))
       finished, pending = concurrent.futures.wait(pending,
                                                   return_when=concurrent.futures.FIRST_COMPLETED)
-      for future in sorted(finished, key=lambda fu: todo.index(fu.result()[0])):
-        yield future.result()
+      for future in finished:
+        yield from future.result()
 
 
 def _space_string(config, dna: DNA) -> str:

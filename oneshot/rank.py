@@ -63,12 +63,23 @@ def main(argv: Sequence[str]) -> int:
     flags.DEFINE_integer("seed", 0, "Seed of the architecture sample and of the stand-alone "
                          "trainings (init, data order); independent of the search's seed.",
                          flag_values=fv)
+    flags.DEFINE_string("table", None, "A ground-truth band table (benchmarks/fashion_bands.py): "
+                        "score its architectures with the supernet and report per latency band, "
+                        "training nothing.", flag_values=fv)
+    flags.DEFINE_integer("table_steps", None, "With --table: the training length whose rows are the "
+                         "ground truth (default: the table's longest).", flag_values=fv)
     flags.DEFINE_string("reuse", None, "An earlier rank.json with the same stand-alone setup (space, "
                         "data, training, seeds): architectures it trained are not trained again, so "
                         "several supernets are compared on one set of stand-alone scores.",
                         flag_values=fv)
   args = configuration.parse_flags(argv, define, command="rank", with_config=False,
                                    required=("workdir", "out"))
+  if args.table is not None:
+    from oneshot import band_rank  # pylint: disable=import-outside-toplevel
+    report = band_rank.run(args.workdir, args.table, args.out,
+                           recalibrate_batches=args.recalibrate_batches, steps=args.table_steps)
+    print(band_rank.summary(report) + f"; wrote {args.out}")
+    return 0
   report = run(args.workdir, args.num_archs, args.out, train_steps=args.train_steps,
                recalibrate_batches=args.recalibrate_batches, top_k=args.top_k, seed=args.seed,
                train_seeds=args.train_seeds, reuse=args.reuse)
@@ -99,7 +110,7 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
       raise UserError(f"{name} must be >= {least}, got {value}")
   if train_steps is not None and train_steps < 1:
     raise UserError(f"--train-steps must be >= 1, got {train_steps}")
-  out = _check_out(out)
+  out = check_out(out)
   session_lib.use_search_devices(workdir)
   checkpoint.require_checkpoint(workdir)
   config = session_lib.load_search_config(workdir)
@@ -110,7 +121,7 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
   k = top_k if top_k is not None else max(1, num_archs // 4)
   if not 1 <= k <= num_archs:
     raise UserError(f"--top-k must be in 1..{num_archs}, got {k}")
-  search_dna = _search_dna(workdir, space)
+  search_dna = read_search_dna(workdir, space)
   sess = session_lib.build(config)
   params = session_lib.restore_params(sess, workdir)["params"]
   ds, t = sess.dataset, config.train
@@ -241,8 +252,10 @@ def _reusable(path: str | None, setup: dict) -> dict:
 def _report(archs: Sequence[dict], k: int) -> dict:
   """The contracted statistics on accuracies, plus the same on other scores for context: accuracies of
   300 images tie often and carry +-1% binomial noise, so losses and seed-to-seed agreement help read
-  a low tau."""
-  col = lambda key, sign=1.0: [sign * a[key] for a in archs]
+  a low tau. The search's own answer counts in its percentile but not in the tau figures: its supernet
+  score is the one the search maximised, so including it would flatter the supernet."""
+  ranked = [a for a in archs if not a["is_search_result"]]
+  col = lambda key, sign=1.0: [sign * a[key] for a in ranked]
   report = {**correlations(col("supernet_accuracy"), col("standalone_accuracy"), k),
             "search_result_percentile": search_percentile(archs), "archs": list(archs)}
   report["context"] = {
@@ -260,7 +273,7 @@ def _report(archs: Sequence[dict], k: int) -> dict:
       **tau_uncertainty(col("supernet_accuracy"), col("num_params"), col("standalone_accuracy"))}
   if len(archs[0]["standalone_accuracies"]) >= 2:  # the noise ceiling: one training seed vs another
     for key, name in (("standalone_accuracies", ""), ("standalone_losses", "_loss")):
-      seeds = [a[key] for a in archs]
+      seeds = [a[key] for a in ranked]
       report["context"][f"kendall_tau_seed0_vs_seed1{name}"] = correlations(
           [s[0] for s in seeds], [s[1] for s in seeds], k)["kendall_tau"]
   return report
@@ -389,7 +402,7 @@ def plot(report: dict, path: str) -> None:
   plots.save_figure(fig, path)
 
 
-def _search_dna(workdir: io.PathLike, space: Space) -> DNA | None:
+def read_search_dna(workdir: io.PathLike, space: Space) -> DNA | None:
   path = io.as_path(workdir) / "search_result.json"
   if not path.exists():
     print(f"note: {workdir} has no search_result.json yet; ranking without the search result",
@@ -398,7 +411,7 @@ def _search_dna(workdir: io.PathLike, space: Space) -> DNA | None:
   return space.from_json(json.loads(path.read_text()))
 
 
-def _check_out(out: str) -> io.PathLike:
+def check_out(out: str) -> io.PathLike:
   path = io.as_path(out)
   if path.is_dir():
     raise UserError(f"--out {out} is a directory; give a file name such as {out}/rank.json")
