@@ -6,7 +6,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from oneshot import runtime
+from oneshot import runtime, trust
 from oneshot.errors import UserError
 
 # command -> (module with `main(argv) -> int`, one-line description)
@@ -41,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     runtime.return_compile_memory()
     module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    with trust.scope():  # --trust-module and the config's own module hold for this command only
+      return int(module.main(rest) or 0)
   except UserError as e:
     print(f"oneshot {command}: error: {e}", file=sys.stderr)
     return 2

@@ -19,6 +19,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from oneshot import trust
 from oneshot.errors import UserError
 
 # The configs/ folder, wherever it is installed (a checkout's configs/, or site-packages' oneshot/configs).
@@ -41,6 +42,10 @@ def parse_flags(argv: Sequence[str], define: Callable[[flags.FlagValues], None] 
                                     sys_argv=["oneshot"] + argv)
   if define is not None:
     define(fv)
+  flags.DEFINE_multi_string("trust_module", [], "A module (dotted name) that files such as "
+                            "architecture.json or a workdir's config.json may name as the search "
+                            "space and that may therefore be imported; repeat for several.",
+                            flag_values=fv)
   if "--help" in argv or "-h" in argv:
     config_usage = " [--config FILE] [--config.FIELD=VALUE ...]" if with_config else ""
     print(f"usage: oneshot {command}{config_usage} [flags]\n")
@@ -67,11 +72,12 @@ def parse_flags(argv: Sequence[str], define: Callable[[flags.FlagValues], None] 
   for name in required:
     if fv[name].value is None:
       raise UserError(f"--{name.replace('_', '-')} is required; see `oneshot {command} --help`")
+  trust.trust(fv["trust_module"].value)
   if not with_config:
     return fv
   if config_required and fv["config"].value is None and not fv.is_parsed():
     raise UserError("--config is required, e.g. --config configs/digits.py")
-  load(fv)
+  trust.trust_config(load(fv))  # the config file is the user's own: its space module is theirs
   return fv
 
 

@@ -38,6 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from oneshot import trust
 from oneshot.errors import UserError
 from oneshot.spaces.core import Decision
 from oneshot.supernet import choices
@@ -265,13 +266,16 @@ def serving(module: nn.Module | None) -> Iterator[dict | None]:
 
 def resolve(path: str, kwargs: Mapping[str, Any] | None) -> nn.Module:
   """The module named `path` ('package.file:Class'): the served instance, else imported and built from
-  `kwargs`. Only flax.linen Module classes are built, so a JSON file cannot make us call anything else."""
-  if path in SERVED:
+  `kwargs`. The name must be well formed and trusted (oneshot.trust) before anything is imported, and
+  only flax.linen Module classes are built, so a JSON file can neither run a module's code nor make us
+  call anything else."""
+  if isinstance(path, str) and path in SERVED:
     return SERVED[path]
-  where = (f"pass it from Python (model= in oneshot.api), or put {path.split(':')[0]} on PYTHONPATH")
-  module_name, _, qualname = path.partition(":")
-  if not qualname or module_name == "__main__":
+  module_name, qualname = trust.split_class_path(path)
+  where = (f"pass it from Python (model= in oneshot.api), or put {module_name} on PYTHONPATH")
+  if module_name == "__main__":
     raise UserError(f"cannot import the search space module {path!r}: it was defined in a script; {where}")
+  trust.require_trusted(path)
   try:
     obj: Any = importlib.import_module(module_name)
     for part in qualname.split("."):
@@ -282,4 +286,10 @@ def resolve(path: str, kwargs: Mapping[str, Any] | None) -> nn.Module:
     raise UserError(f"{path!r} is not a flax.linen Module class; name your model class")
   if kwargs is None:
     raise UserError(f"{path!r} was searched with fields that are not JSON; {where.split(', or')[0]}")
-  return obj(**kwargs)
+  if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+    raise UserError(f"the fields of {path!r} must be a JSON object of field: value; got {kwargs!r}")
+  try:
+    return obj(**kwargs)
+  except TypeError as e:
+    raise UserError(f"cannot build {path!r} from its fields {dict(kwargs)} ({e}); give the fields the "
+                    "class takes") from None

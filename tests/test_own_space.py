@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from oneshot import UserError, api, nas, spaces, supernet
+from oneshot import UserError, api, nas, spaces, supernet, trust
 from tests.conftest import REPO, tiny_config
 
 
@@ -145,10 +145,11 @@ def test_choice_outside_oneshot_and_unknown_modules_are_one_line():
     Net().init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
   with pytest.raises(UserError, match="defined in a script; pass it from Python"):
     nas.resolve("__main__:Net", {})
-  with pytest.raises(UserError, match="cannot import"):
-    nas.resolve("no_such_package.models:Net", {})
-  with pytest.raises(UserError, match="not a flax.linen Module class"):
-    nas.resolve("os:system", {"command": "true"})   # a JSON file cannot make us call anything else
+  with trust.scope(["no_such_package", "os"]):
+    with pytest.raises(UserError, match="cannot import"):
+      nas.resolve("no_such_package.models:Net", {})
+    with pytest.raises(UserError, match="not a flax.linen Module class"):
+      nas.resolve("os:system", {"command": "true"})   # a JSON file cannot make us call anything else
   with pytest.raises(UserError, match="the architecture has no choice for"):
     nas.FixedArchitecture(Net(), {"kernel": 3}).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
 
@@ -257,11 +258,13 @@ def test_cli_search_export_rank_and_train_on_an_importable_module(tmp_path):
   oneshot("search", "--config", "cfg.py", "--workdir", "w")
   with open(tmp_path / "w" / "config.json") as f:
     assert json.load(f)["space"]["input_shape"] == [8, 8, 1]   # filled from the dataset
-  oneshot("export", "--workdir", "w", "--dna", "1,1", "--out", "child", "--recalibrate_batches", "2")
+  # config.json names my_models: the user says it may be imported (their config did, for train)
+  oneshot("export", "--workdir", "w", "--dna", "1,1", "--out", "child", "--recalibrate_batches", "2",
+          "--trust-module", "my_models")
   with open(tmp_path / "child" / "architecture.json") as f:
     assert json.load(f)["architecture"] == {"kernel": 5, "op": "skip"}
   oneshot("rank", "--workdir", "w", "--num-archs", "3", "--train-steps", "2",
-          "--recalibrate-batches", "1", "--out", "rank.json")
+          "--recalibrate-batches", "1", "--out", "rank.json", "--trust-module", "my_models")
   with open(tmp_path / "rank.json") as f:
     assert len(json.load(f)["archs"]) == 3
   oneshot("train", "--arch", "child", "--config", "cfg.py", "--workdir", "t")
