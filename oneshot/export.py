@@ -115,20 +115,37 @@ def choose_dna(space, workdir: io.PathLike, dna_text: str | None):
 
 
 def _check_out(out: str) -> epath.Path:
-  """--out may be new, empty, or an earlier export (replaced), or in a bucket an export cut short
-  (its checkpoint without architecture.json, which is written last); anything else is refused."""
+  """--out may be new, empty, or exactly an earlier export (replaced whole); anything else is refused,
+  so no file of the user's is ever deleted. In a bucket an export cut short (its checkpoint written,
+  architecture.json, written last, missing) is replaced too."""
   target = io.as_path(out)
+  if io.is_remote(target):
+    io.require_readable(target)
   if target.exists():
     if not target.is_dir():
       raise UserError(f"--out {out} is a file; give a directory path")
     names = {p.name for p in target.iterdir()}
-    if names and ARCHITECTURE_FILE not in names and names != {CHECKPOINT_DIR}:
-      raise UserError(f"--out {out} exists and is not an export; pick a new or empty directory")
+    cut_short = io.is_remote(target) and names == {CHECKPOINT_DIR}
+    if names and not cut_short and not _is_export(target, names):
+      raise UserError(f"--out {out} exists and is not an export (it holds {sorted(names)[:3]}); only "
+                      f"a folder holding exactly {ARCHITECTURE_FILE} and {CHECKPOINT_DIR}/ is replaced: "
+                      "pick a new or empty directory")
   if io.is_remote(target):
     io.ensure_workdir(target)  # the bucket answers, and can be written
   else:
     check_writable(os.fspath(target), "--out")
   return target
+
+
+def _is_export(target: epath.Path, names: set) -> bool:
+  """Exactly what `export` writes: architecture.json of this format plus checkpoint/."""
+  if names != {ARCHITECTURE_FILE, CHECKPOINT_DIR} or not (target / CHECKPOINT_DIR).is_dir():
+    return False
+  try:
+    record = json.loads((target / ARCHITECTURE_FILE).read_text())
+  except (OSError, ValueError):
+    return False
+  return isinstance(record, dict) and record.get("format_version") == FORMAT_VERSION
 
 
 def check_writable(path: str, flag: str) -> None:
@@ -170,9 +187,12 @@ def _write_atomically(target: str, record: dict, variables: dict) -> None:
 
 def _write_in_place(target: epath.Path, record: dict, variables: dict) -> None:
   """In a bucket there is no directory rename: the checkpoint is written (orbax commits it on its
-  own), then architecture.json, the mark of a whole export; an earlier export there goes first."""
-  if target.exists():
-    target.rmtree()
+  own), then architecture.json, the mark of a whole export; an earlier export there goes first (only
+  its own two entries: `_check_out` saw that there is nothing else)."""
+  if (target / ARCHITECTURE_FILE).exists():
+    (target / ARCHITECTURE_FILE).unlink()
+  if (target / CHECKPOINT_DIR).exists():
+    (target / CHECKPOINT_DIR).rmtree()
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(target / CHECKPOINT_DIR, variables)
     ckptr.wait_until_finished()
@@ -180,20 +200,68 @@ def _write_in_place(target: epath.Path, record: dict, variables: dict) -> None:
 
 
 def read_architecture(directory: io.PathLike) -> dict:
+  """architecture.json, every field checked (an export folder may come from anyone, edited or cut
+  short): one line naming the first bad field, never a traceback from deeper down."""
   path = io.as_path(directory) / ARCHITECTURE_FILE
+  io.require_readable(directory)
   if not path.exists():
     raise UserError(f"{directory} has no {ARCHITECTURE_FILE}; give a directory written by "
                     "`oneshot export --out DIR`")
   try:
     record = json.loads(path.read_text())
-  except (OSError, json.JSONDecodeError) as e:
-    raise UserError(f"cannot read {path} ({e}); re-run `oneshot export`") from None
-  missing = [k for k in ("space", "architecture", "skeleton", "num_classes", "image_shape")
-             if k not in record]
-  if missing or record["space"] not in CHILD_MODELS:
-    raise UserError(f"{path} is not an export of a known space (missing {missing or 'nothing'}, space "
-                    f"{record.get('space')!r}); re-run `oneshot export`")
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot read {path} ({io.first_line(e)[:120]}); re-run `oneshot export`") from None
+  problem = _architecture_problem(record)
+  if problem:
+    raise UserError(f"{path} is not an export this version reads: {problem}; re-run `oneshot export`")
   return record
+
+
+def _is_int(v: Any, least: int = 0) -> bool:
+  return type(v) is int and v >= least
+
+
+def _architecture_problem(record: Any) -> str | None:
+  """What is wrong with an architecture.json record, or None."""
+  if not isinstance(record, dict):
+    return f"it holds a JSON {type(record).__name__}, not an object"
+  number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+  checks = {
+      "format_version": lambda v: v == FORMAT_VERSION,
+      "space": lambda v: v in CHILD_MODELS,
+      "architecture": lambda v: isinstance(v, dict),
+      "dna": lambda v: isinstance(v, list) and all(_is_int(d) for d in v),
+      "string": lambda v: isinstance(v, str),
+      "skeleton": lambda v: isinstance(v, dict),
+      "model": lambda v: v == list(CHILD_MODELS.get(record.get("space"), ())),
+      "num_classes": lambda v: _is_int(v, 1),
+      "image_shape": lambda v: isinstance(v, list) and len(v) == 3 and all(_is_int(d, 1) for d in v),
+      "dataset": lambda v: isinstance(v, str),
+      "dataset_config": lambda v: isinstance(v, dict),
+      "num_params": lambda v: _is_int(v),
+      "recalibrate_batches": lambda v: _is_int(v, 1),
+      "recalibrate_batch_size": lambda v: _is_int(v, 1),
+      "validation_accuracy": lambda v: isinstance(v, dict) and all(number(a) for a in v.values()),
+      "source": lambda v: isinstance(v, dict),
+      # A plain name inside the export folder: the file never sends us anywhere else.
+      "checkpoint": lambda v: v == CHECKPOINT_DIR,
+  }
+  for key, ok in checks.items():
+    if key not in record:
+      return f"{key!r} is missing"
+    if not ok(record[key]):
+      return f"{key!r} is {_short(record[key])}"
+  if record["space"] == "module":
+    sk = record["skeleton"]
+    if not isinstance(sk.get("module"), str) or not (sk.get("kwargs") is None or
+                                                     isinstance(sk.get("kwargs"), dict)):
+      return f"'skeleton' is {_short(sk)}, not {{'module': 'pkg.mod:Class', 'kwargs': {{...}}}}"
+  return None
+
+
+def _short(value: Any) -> str:
+  text = repr(value)
+  return text if len(text) <= 60 else text[:57] + "..."
 
 
 def build_model(record: dict, model: Any = None) -> Any:
@@ -214,6 +282,21 @@ def build_model(record: dict, model: Any = None) -> Any:
   return cls(**kwargs)
 
 
+def _built(record: dict, model: Any, directory: io.PathLike) -> tuple[Any, Any]:
+  """(model, its variables' shapes) from a checked record. The skeleton and architecture values are
+  the space's own structures, read by the model code as it builds: a value of the wrong kind there
+  surfaces as a TypeError, KeyError... from inside it, which is the file's fault, so one line."""
+  try:
+    model = build_model(record, model)
+    return model, init_shapes(model, record["image_shape"])
+  except UserError:
+    raise
+  except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+    raise UserError(f"{io.as_path(directory) / ARCHITECTURE_FILE} does not describe a model of space "
+                    f"{record['space']!r} ({type(e).__name__}: {io.first_line(e)[:100]}); re-run "
+                    "`oneshot export`") from None
+
+
 def init_shapes(model: Any, image_shape: Sequence[int]) -> dict:
   """The model's variable tree as shapes (traced, not compiled: milliseconds)."""
   return jax.eval_shape(model.init, jax.random.PRNGKey(0),
@@ -224,9 +307,8 @@ def load(directory: io.PathLike, model: Any = None) -> tuple[Any, dict]:
   """(model, variables) of an export: `model.apply(variables, images, train=False)` gives logits.
   `model`: for an export of your own module, an instance of it (default: imported by its name)."""
   record = read_architecture(directory)
-  model = build_model(record, model)
-  abstract = init_shapes(model, record["image_shape"])
-  path = io.as_path(directory) / record.get("checkpoint", CHECKPOINT_DIR)
+  model, abstract = _built(record, model, directory)
+  path = io.as_path(directory) / CHECKPOINT_DIR
   if not path.is_dir():
     raise UserError(f"{directory} has no {CHECKPOINT_DIR}/ checkpoint; re-run `oneshot export`")
   try:
