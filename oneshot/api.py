@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import ml_collections
 
 from oneshot import arrays as arrays_lib
 from oneshot import io, nas
+from oneshot import trust as trust_lib
 from oneshot.arrays import Arrays
 from oneshot.configuration import CONFIGS_DIR as _CONFIGS_DIR
 from oneshot.errors import UserError
@@ -83,11 +83,10 @@ def search(config: ml_collections.ConfigDict, workdir: str, data: Arrays | None 
   `data`: your own numpy arrays instead of `config.dataset` (a resume needs the same arrays again).
   `model`: your own Flax module with `oneshot.nas.Choice` points, searched instead of `config.space`."""
   from oneshot import search as search_lib  # pylint: disable=import-outside-toplevel
-  with arrays_lib.serving(data) as dataset, nas.serving(model) as space:
+  with arrays_lib.serving(data) as dataset, nas.serving(model) as space, trust_lib.scope():
+    trust_lib.trust_config(config)  # the caller's own config: the module it names is theirs
     config = _with_sections(config, dataset, space)
-    if dataset is not None:
-      _require_same_arrays(workdir, dataset["name"])
-    record = search_lib.run(config, workdir)
+    record = search_lib.run(config, workdir)  # other arrays than the workdir's: one line there
   if record is None:
     return None
   workdir = io.as_path(workdir)
@@ -113,23 +112,14 @@ def _with_sections(config: ml_collections.ConfigDict, dataset: dict | None,
   return config
 
 
-def _require_same_arrays(workdir: str, name: str) -> None:
-  path = io.as_path(workdir) / "config.json"
-  if not path.exists():
-    return
-  started_on = json.loads(path.read_text()).get("dataset", {}).get("name")
-  if started_on != name:
-    raise UserError(f"workdir {workdir} was started on dataset {started_on!r}, not on these arrays "
-                    f"({name}); pass the arrays it started with, or use a new workdir")
-
-
 def export(workdir: str, out: str, *, dna: str | None = None, recalibrate_batches: int = 20,
-           data: Arrays | None = None, model: Any = None) -> ExportResult:
+           data: Arrays | None = None, model: Any = None, trust: Sequence[str] = ()) -> ExportResult:
   """`oneshot export`: the search's answer (or `dna`, the space's string or comma-separated choices) as
   a standalone child model with recalibrated BatchNorm, written to `out`. `data` and `model`: the
-  arrays and the module the search ran on, if it ran on yours."""
+  arrays and the module the search ran on, if it ran on yours; `trust`: module names the workdir's
+  config.json may have imported instead (`--trust-module`)."""
   from oneshot import export as export_lib  # pylint: disable=import-outside-toplevel
-  with arrays_lib.serving(data), nas.serving(model):
+  with arrays_lib.serving(data), nas.serving(model), trust_lib.scope(trust):
     record = export_lib.export(workdir, out, dna_text=dna, recalibrate_batches=recalibrate_batches)
   return ExportResult(directory=os.fspath(io.as_path(out)), architecture=record["string"],
                       num_params=int(record["num_params"]),
@@ -137,16 +127,18 @@ def export(workdir: str, out: str, *, dna: str | None = None, recalibrate_batche
                       record=record)
 
 
-def load(directory: str, model: Any = None) -> tuple[Any, dict]:
+def load(directory: str, model: Any = None, trust: Sequence[str] = ()) -> tuple[Any, dict]:
   """(model, variables) of an export: `model.apply(variables, images, train=False)` gives logits.
-  `model`: an instance of your module, for an export of your own search space (default: imported by
-  the name architecture.json keeps, which fails for a class defined in a script)."""
+  `model`: an instance of your module, for an export of your own search space. Without it the module
+  architecture.json names is imported only if `trust` lists it (importing runs the module's code, and
+  the folder may come from anyone); a class defined in a script cannot be imported at all."""
   from oneshot import export as export_lib  # pylint: disable=import-outside-toplevel
-  return export_lib.load(directory, model)
+  with trust_lib.scope(trust):
+    return export_lib.load(directory, model)
 
 
 def supernet_logits(workdir: str, images: Any, dna: Any = None, *, data: Arrays | None = None,
-                    model: Any = None) -> Any:
+                    model: Any = None, trust: Sequence[str] = ()) -> Any:
   """Logits of the trained supernet on path `dna` (default: the search's answer) for `images`
   [batch, H, W, C], with batch-statistics BatchNorm as in the search: an exported child applied with
   `train=True` gives the same numbers."""
@@ -154,7 +146,7 @@ def supernet_logits(workdir: str, images: Any, dna: Any = None, *, data: Arrays 
   import jax.numpy as jnp
   from oneshot import export as export_lib
   from oneshot import session as session_lib
-  with arrays_lib.serving(data), nas.serving(model):
+  with arrays_lib.serving(data), nas.serving(model), trust_lib.scope(trust):
     sess = session_lib.build(session_lib.load_search_config(workdir))
     # export's rule: the search's answer by default (one line if the search has not finished)
     dna = (export_lib.choose_dna(sess.space, workdir, dna) if dna is None or isinstance(dna, str)

@@ -211,13 +211,27 @@ def _drop_closed_loop_callbacks() -> None:
   sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
 
 
+# Orbax's words for a checkpoint whose tree or shapes are not the target's: another run's state, which
+# an older step of the same workdir cannot fix.
+_MISMATCH = ("tree structures do not match", "is not compatible with the stored shape")
+
+
 def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[int, Any] | None:
-  """(step, state) of the newest checkpoint that restores, or None when there is none."""
+  """(step, state) of the newest checkpoint that restores, or None when there is none.
+
+  A step that cannot be read (cut short, damaged) is skipped for an older one. A step whose tree or
+  shapes differ from `target` was written by another run: one line, no fall-back, nothing renamed.
+  """
   abstract = jax.tree.map(_abstract, _host_local_as_numpy(target))
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
       return step, mngr.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # pylint: disable=broad-except  # any unreadable step: try an older one
+      if any(m in str(e) for m in _MISMATCH):
+        workdir = epath.Path(mngr.directory).parent
+        raise UserError(f"workdir {workdir} holds another run: checkpoint {step} does not fit this "
+                        f"config ({io.first_line(e)[:100]}); use a new --workdir, or the config and "
+                        "flags it started with") from None
       print(f"warning: checkpoint {step} in {mngr.directory} is unreadable "
             f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
             "trying an older one", file=sys.stderr)

@@ -318,7 +318,6 @@ def prepare(config, workdir: io.PathLike) -> Evaluator | None:
   """Trains (or reuses) the supernet in `workdir`; the evaluator on its weights, or None if stopped."""
   from oneshot import search, session as session_lib  # pylint: disable=import-outside-toplevel
   accel_space = validate(config)
-  _check_supernet_config(config, workdir)
   done = io.as_path(workdir) / "search_result.json"
   finished = False
   if done.exists():
@@ -365,20 +364,6 @@ def _changed(old: dict, new: dict) -> list[str]:
   return sorted(k for k in set(old) & set(new) if old[k] != new[k])
 
 
-def _check_supernet_config(config, workdir: io.PathLike) -> None:
-  path = io.as_path(workdir) / "config.json"
-  if not path.exists():
-    return
-  old = json.loads(path.read_text())
-  # Only what shapes the weights tree: training settings may differ (search.run resumes with them).
-  sections = ("space", "dataset")
-  new = config.to_dict()
-  changed = _changed({k: old.get(k) for k in sections}, {k: new.get(k) for k in sections})
-  if changed:
-    raise UserError(f"{workdir} holds a supernet trained with other settings ({', '.join(changed[:4])})"
-                    "; use a new --workdir (or the config that trained it)")
-
-
 def _fingerprint(config) -> dict:
   d = json.loads(json.dumps(config.to_dict(), default=str))
   out = {k: d.get(k) for k in _FINGERPRINT}
@@ -398,6 +383,15 @@ def load_progress(config, workdir: io.PathLike) -> dict:
     progress = json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as e:
     raise UserError(f"cannot read {path} ({e}); delete it to restart the co-search") from None
+  def wrong_type(key: str, value: Any) -> bool:
+    kind = (int, float) if isinstance(value, float) else type(value)
+    return not isinstance(progress.get(key), kind) or isinstance(progress.get(key), bool)
+  if not isinstance(progress, dict):
+    progress = {}
+  wrong = [k for k, v in fresh.items() if v is not None and wrong_type(k, v)]
+  if wrong:
+    raise UserError(f"{path} is damaged ({wrong[0]!r} missing or of the wrong type); delete it to "
+                    "restart the co-search, or use a new --workdir")
   changed = _changed(progress.get("fingerprint", {}), fresh["fingerprint"])
   if changed:
     raise UserError(f"{path} was made with another co-search config (changed: "
@@ -422,9 +416,16 @@ def run(config, workdir: io.PathLike, *, stop_after: int | None = None,
   `stop_after` ends after that many new accelerators (as a kill would, for resume tests);
   `evaluator` reuses an already built one (a trained supernet, compiled step, warm memo).
   """
-  validate(config)
+  from oneshot import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  with workdir_lib.held():  # locked from the claim until the co-search returns
+    validate(config)
+    load_progress(config, workdir)  # a damaged or foreign state file: refused before the claim writes
+    workdir = workdir_lib.claim(workdir, config, "cosearch")  # its search's claim is this one
+    return _run(config, workdir, stop_after, evaluator)
+
+
+def _run(config, workdir, stop_after, evaluator) -> dict | None:
   c = config.cosearch
-  workdir = io.ensure_workdir(workdir)
   progress = load_progress(config, workdir)
   tic = time.time() - float(progress["wall_seconds"])
   primary = jax.process_index() == 0

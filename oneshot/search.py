@@ -24,6 +24,7 @@ from etils import epath
 from oneshot.controllers.base import marginal_entropy
 from oneshot.launch import distributed
 from oneshot import checkpoint, configuration, io, runtime, session as session_lib, steps
+from oneshot import workdir as workdir_lib
 from oneshot.errors import UserError
 
 
@@ -134,13 +135,18 @@ def run(config, workdir: io.PathLike, *, stop_after: int | None = None) -> dict 
 
   `stop_after` ends the run after that many steps (as a preemption would), for resume tests.
   """
+  with workdir_lib.held():  # the workdir stays locked from its claim until the run returns
+    return _run(config, workdir, stop_after)
+
+
+def _run(config, workdir: io.PathLike, stop_after: int | None) -> dict | None:
   runtime.return_compile_memory()  # before any device work starts XLA's threads
   distributed.maybe_initialize()
   runtime.enable_compilation_cache(config)
   sess = session_lib.build(config)  # validates every name before anything is written
   target = latency_target(config, sess)
   uniform = warmup_sampler(config, sess)
-  workdir = io.ensure_workdir(workdir)
+  workdir = workdir_lib.claim(workdir, config, "search")  # same run or a new one; locked
   primary = distributed.is_primary()
   t = config.train
   tx = steps.make_optimizer(config)
@@ -309,17 +315,38 @@ def _save(mngr, state, workdir, history, wall_start, primary) -> None:
 
 
 def _load_history(workdir: epath.Path, start: int) -> list:
-  path = workdir / "controller_history.json"
-  if start == 0 or not path.exists():
+  """The controller's logged probabilities up to the restored step. The file is a report: a damaged
+  one (cut short, edited) is rebuilt from the checkpoint on, with one warning, rather than making the
+  workdir impossible to resume."""
+  history = _read_history(workdir)
+  if start == 0 or history is None:
     return []
-  return [h for h in json.loads(path.read_text())["history"] if h["step"] <= start]
+  return [h for h in history["history"] if h["step"] <= start]
+
+
+def _read_history(workdir: epath.Path, warn: bool = True) -> dict | None:
+  path = workdir / "controller_history.json"
+  if not path.exists():
+    return None
+  try:
+    record = json.loads(path.read_text())
+    ok = (isinstance(record, dict) and isinstance(record.get("history"), list)
+          and isinstance(record.get("wall_seconds", 0.0), (int, float))
+          and all(isinstance(h, dict) and type(h.get("step")) is int
+                  and isinstance(h.get("probabilities"), list) for h in record["history"]))
+  except (OSError, ValueError):
+    ok = False
+  if not ok:
+    if warn:
+      print(f"warning: {path} is damaged; the controller's history restarts from the checkpoint "
+            "(earlier points are missing from controller.png)", file=sys.stderr)
+    return None
+  return record
 
 
 def _previous_wall(workdir: epath.Path) -> float:
-  path = workdir / "controller_history.json"
-  if not path.exists():
-    return 0.0
-  return float(json.loads(path.read_text()).get("wall_seconds", 0.0))
+  history = _read_history(workdir, warn=False)  # _load_history warns
+  return 0.0 if history is None else float(history.get("wall_seconds", 0.0))
 
 
 def _finish(sess, state, workdir, history, wall_start, primary, target=None) -> dict:

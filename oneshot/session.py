@@ -212,13 +212,16 @@ def use_search_devices(workdir: io.PathLike) -> None:
 
 
 def load_search_config(workdir: io.PathLike) -> ml_collections.ConfigDict:
+  """A search workdir's config.json, checked field by field (workdir.read_config): a damaged or edited
+  file is one line here, not a traceback wherever the bad value is first used."""
   io.require_readable(workdir)
   path = io.as_path(workdir) / "config.json"
   if not path.exists():
     raise UserError(f"{workdir} has no config.json; it is not a search workdir (run `oneshot search "
                     f"--workdir {workdir}` first)")
-  from oneshot.configuration import from_json  # pylint: disable=import-outside-toplevel
-  return from_json(path.read_text())
+  from oneshot import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  return ml_collections.ConfigDict(workdir_lib.read_config(
+      path, f"restore it, or run `oneshot search --workdir {workdir}` again in a new workdir"))
 
 
 def restore_params(session: Session, workdir: io.PathLike):

@@ -22,9 +22,9 @@ import ml_collections
 import numpy as np
 import optax
 from absl import flags
-from etils import epath
 
 from oneshot import checkpoint, configuration, data, export, io, runtime, steps
+from oneshot import workdir as workdir_lib
 from oneshot.errors import UserError
 
 SETUP_FILE = "train_setup.json"
@@ -96,6 +96,12 @@ def run(config: ml_collections.ConfigDict, arch_dir: io.PathLike, workdir: io.Pa
 
   `stop_after` ends the run after that many steps, as a preemption would (resume tests).
   """
+  with workdir_lib.held():  # the workdir stays locked from its claim until the run returns
+    return _run(config, arch_dir, workdir, init_from_export, stop_after)
+
+
+def _run(config: ml_collections.ConfigDict, arch_dir: io.PathLike, workdir: io.PathLike,
+         init_from_export: bool, stop_after: int | None) -> dict | None:
   runtime.return_compile_memory()
   record = export.read_architecture(arch_dir)
   dataset = data.load(config.dataset)
@@ -109,8 +115,8 @@ def run(config: ml_collections.ConfigDict, arch_dir: io.PathLike, workdir: io.Pa
   setup = {"space": record["space"], "dna": record["dna"], "string": record["string"],
            "arch": os.fspath(io.as_path(arch_dir)), "init_from_export": bool(init_from_export),
            "steps": num_steps}
-  workdir = io.ensure_workdir(workdir)
-  _check_setup(workdir, setup)
+  # A workdir resumes only the run it started: same architecture, initialisation, length and config.
+  workdir = workdir_lib.claim(workdir, config, "train", setup=setup)
   tx = optimizer(config, num_steps)
   if init_from_export:
     variables = exported
@@ -125,9 +131,9 @@ def run(config: ml_collections.ConfigDict, arch_dir: io.PathLike, workdir: io.Pa
   if restored is not None:
     state = restored[1]
     print(f"resuming {workdir} from step {int(state['step'])}", file=sys.stderr)
-  else:
-    io.write_text(workdir / "config.json", configuration.to_json(config))
+  else:  # the setup first: it is what marks the directory as a train workdir
     io.write_json(workdir / SETUP_FILE, setup)
+    io.write_text(workdir / "config.json", configuration.to_json(config))
   start = int(state["step"])
 
   train_step = make_train_step(model, tx)
@@ -185,19 +191,6 @@ def _check_dataset(record: dict, dataset: data.Dataset) -> None:
                     f"classes, images {tuple(record['image_shape'])}) but --config.dataset gives "
                     f"{dataset.name!r} ({dataset.num_classes} classes, images {dataset.image_shape}); "
                     "use the search's dataset config")
-
-
-def _check_setup(workdir: epath.Path, setup: dict) -> None:
-  """A workdir resumes only the run it started: same architecture, same initialisation, same length."""
-  import json  # pylint: disable=import-outside-toplevel
-  path = workdir / SETUP_FILE
-  if not path.exists():
-    return
-  previous = json.loads(path.read_text())
-  for key in ("space", "dna", "init_from_export", "steps"):
-    if previous.get(key) != setup[key]:
-      raise UserError(f"{workdir} holds a run with {key}={previous.get(key)!r}, not {setup[key]!r}; "
-                      "use a new --workdir or the original flags")
 
 
 if __name__ == "__main__":

@@ -171,12 +171,24 @@ def test_workdir_below_a_file(capsys, tmp_path, tiny_file):
 
 @pytest.mark.parametrize("workdir", ["/proc/self", "/sys/kernel"])
 def test_existing_unwritable_workdir(capsys, tiny_file, workdir):
+  """Both are full of entries that are not a workdir's: refused as such before any write is tried."""
   if not os.path.isdir(workdir):
     pytest.skip(f"{workdir} is not on this machine")
   before = set(os.listdir(workdir))
   _fails(capsys, ["search", "--config", tiny_file, "--workdir", workdir],
-         f"workdir {workdir} is not writable", "pick a writable --workdir")
+         f"--workdir {workdir} is not empty and is not a oneshot workdir", "pick a new or empty")
   assert set(os.listdir(workdir)) <= before
+
+
+@pytest.mark.parametrize("workdir", ["/proc/self", "/sys/kernel"])
+def test_unwritable_workdir_through_the_writability_check(capsys, monkeypatch, tiny_file, workdir):
+  """The writability check itself, for a directory that passes as empty (module docstring)."""
+  if not os.path.isdir(workdir):
+    pytest.skip(f"{workdir} is not on this machine")
+  from oneshot import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(workdir_lib, "_entries", lambda path: [])
+  _fails(capsys, ["search", "--config", tiny_file, "--workdir", workdir], "is not writable",
+         "pick a writable --workdir")
 
 
 def _run_with_file_size_limit(argv: list[str], size: int) -> tuple[int, str]:
