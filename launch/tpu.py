@@ -52,6 +52,13 @@ PIP_INSTALL = ("python3", "-m", "pip", "install", "--upgrade", "jax[tpu]", f"./{
 REMOTE_PATH = 'export PATH="$HOME/.local/bin:$PATH" && '
 
 _TPU_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+# The workdir ends up inside a remote path (`TPU:WORKDIR`) that the worker's shell reads: plain
+# characters only, so nothing in it is expanded or split there.
+_WORKDIR = re.compile(r"^(gs://)?[A-Za-z0-9._+@=,/-]+$")
+# A mkdtemp name in a dry run, which creates nothing: the real run packs the source in a private
+# folder of this form whose random part replaces the X's.
+DRY_RUN_STAGING = os.path.join(tempfile.gettempdir(), "oneshot-launch-XXXXXXXX")
+TARBALL = "oneshot-src.tar.gz"
 _ZONE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
 _QR_DONE = {"ACTIVE": 0, "FAILED": 1, "SUSPENDING": 1, "SUSPENDED": 1}
 
@@ -125,6 +132,15 @@ def settings_from_flags(fv: flags.FlagValues, argv: Sequence[str]) -> Settings:
   for field in ("tpu", "zone", "accelerator_type", "runtime_version", "project", "workdir"):
     if values[field] is not None and not isinstance(values[field], str):
       raise UserError(f"config.launch.{field} must be a string, not {values[field]!r}")
+  given = {**values, "source": fv["source"].value, "repo_url": fv["repo_url"].value,
+           "fetch_dir": fv["fetch_dir"].value, "config": fv["config"].config_filename}
+  for field, value in given.items():
+    if isinstance(value, str) and value.startswith("-"):
+      raise UserError(f"--{field.replace('_', '-')} {value!r} begins with '-', which a command it is "
+                      "passed to would read as an option; give a value that does not")
+  if values["workdir"] is not None and not _WORKDIR.match(values["workdir"]):
+    raise UserError(f"--workdir {values['workdir']!r} has characters a remote shell would interpret; use "
+                    "letters, digits and . _ + @ = , / - (or a gs:// path of those)")
   tpu, zone = values["tpu"], values["zone"]
   if not _TPU_NAME.match(tpu):
     raise UserError(f"bad TPU name {tpu!r}; use lowercase letters, digits and dashes, "
@@ -228,22 +244,23 @@ def remote_config(s: Settings) -> tuple[str, bool]:
   return os.path.basename(s.config_path), True
 
 
-def plan(s: Settings) -> tuple[list[Step], Step]:
-  """(steps in order, teardown). Local packing comes first so that it cannot fail on a paid TPU."""
+def plan(s: Settings, staging: str = DRY_RUN_STAGING) -> tuple[list[Step], Step]:
+  """(steps in order, teardown). Local packing comes first so that it cannot fail on a paid TPU.
+  `staging`: the private folder (mkdtemp) the source tarball is packed in; removed after the upload."""
   spot = ("--spot",) if s.spot else ()
   steps = []
   config_remote, copy_config = remote_config(s)
   uploads = [s.config_path] if copy_config else []
   if s.source:
-    tarball = os.path.join(tempfile.gettempdir(), f"oneshot-{s.tpu}.tar.gz")
+    tarball = os.path.join(staging, TARBALL)
     excludes = [f"--exclude={pattern}" for pattern in TAR_EXCLUDES]
-    steps.append(Step("pack the source tree", ("tar", "-czf", tarball, *excludes, "-C", s.source,
-                                                ".")))
+    steps.append(Step("pack the source tree in a private temporary folder",
+                      ("tar", "-czf", tarball, *excludes, "-C", s.source, ".")))
     uploads.insert(0, tarball)
     fetch_source = ("rm", "-rf", REMOTE_SRC, "&&", "mkdir", REMOTE_SRC, "&&", "tar", "-xzf",
-                    os.path.basename(tarball), "-C", REMOTE_SRC)
-  else:
-    fetch_source = ("rm", "-rf", REMOTE_SRC, "&&", "git", "clone", "--depth=1", s.repo_url,
+                    TARBALL, "-C", REMOTE_SRC, "&&", "rm", "-f", TARBALL)
+  else:  # `--`: the URL is never read as an option of git's
+    fetch_source = ("rm", "-rf", REMOTE_SRC, "&&", "git", "clone", "--depth=1", "--", s.repo_url,
                     REMOTE_SRC)
 
   if s.queued:
@@ -263,6 +280,8 @@ def plan(s: Settings) -> tuple[list[Step], Step]:
   if uploads:
     steps.append(Step("copy to every worker", _gcloud(
         s, ("tpu-vm", "scp", *uploads, f"{s.tpu}:"), "--worker=all")))
+  if s.source:
+    steps.append(Step("remove the local source tarball", ("rm", "-rf", staging)))
   steps.append(Step("install oneshot and jax[tpu] on every worker",
                     _ssh(s, "all", _join_shell(fetch_source + ("&&",) + PIP_INSTALL))))
 
@@ -330,7 +349,15 @@ def execute(steps: Sequence[Step], teardown: Step | None) -> int:
 def main(argv: list[str]) -> int:
   fv = configuration.parse_flags(argv, define=_define, command="launch")
   s = settings_from_flags(fv, argv)
-  steps, teardown = plan(s)
+  staging = tempfile.mkdtemp(prefix="oneshot-launch-") if s.source and not s.dry_run else None
+  try:
+    return _launch(s, *plan(s, staging or DRY_RUN_STAGING))
+  finally:
+    if staging is not None:  # also when a step before the upload's clean-up failed
+      shutil.rmtree(staging, ignore_errors=True)
+
+
+def _launch(s: Settings, steps: list[Step], teardown: Step) -> int:
   _, size = parse_accelerator(s.accelerator_type)
   if size > 8 and not s.workdir.startswith("gs://"):
     print(f"oneshot launch: note: {s.accelerator_type} has several hosts and each writes its own "

@@ -6,9 +6,12 @@ fake subprocess.run.
 
 from __future__ import annotations
 
+import os
 import pathlib
+import re
 import shlex
 import subprocess
+import tempfile
 import textwrap
 
 import pytest
@@ -234,10 +237,46 @@ def fake_gcloud(monkeypatch, fail_on: str | None = None) -> list[str]:
 
 
 def test_real_run_executes_the_dry_run_plan(monkeypatch, capsys, config):
+  """The same commands, except the private staging folder's random name (a dry run creates none)."""
   printed = [shlex.join(c) for c in dry_run(capsys, "--config", config, *POD)]
   ran = fake_gcloud(monkeypatch)
   assert tpu.main(["--config", config, *POD]) == 0
-  assert ran == printed
+  staging = re.search(r"oneshot-launch-\w+", ran[0]).group(0)
+  assert staging != "oneshot-launch-XXXXXXXX" and not os.path.exists(
+      os.path.join(tempfile.gettempdir(), staging))  # removed after the upload
+  assert [r.replace(staging, "oneshot-launch-XXXXXXXX") for r in ran] == printed
+
+
+def test_source_is_packed_privately_and_removed_after_the_upload(capsys, config):
+  commands = dry_run(capsys, "--config", config, *POD)
+  pack = commands[index(commands, "tar -czf")]
+  tarball = pack[pack.index("-czf") + 1]
+  assert os.path.dirname(tarball) == tpu.DRY_RUN_STAGING and "my-pod" not in tarball
+  copy, remove = index(commands, "tpu-vm scp", "--worker=all"), index(commands, "rm -rf", "launch")
+  assert tarball in commands[copy] and remove == copy + 1
+  assert commands[remove] == ["rm", "-rf", tpu.DRY_RUN_STAGING]
+
+
+def test_repo_url_is_never_an_option_of_git(capsys, config):
+  commands = dry_run(capsys, "--config", config, *POD, "--repo-url", "https://example.com/x.git")
+  install = remote(commands[index(commands, "tpu-vm ssh", "git clone")])
+  assert install[install.index("clone"):install.index("clone") + 4] == [
+      "clone", "--depth=1", "--", "https://example.com/x.git"]
+
+
+@pytest.mark.parametrize("flag, value, needle", [
+    ("--repo-url", "--upload-pack=touch /tmp/x", "begins with '-'"),
+    ("--fetch-dir", "-rf", "begins with '-'"),
+    ("--workdir", "-x", "begins with '-'"),
+    ("--project", "--impersonate=x", "begins with '-'"),
+    ("--runtime-version", "-v", "begins with '-'"),
+    ("--workdir", "w;rm -rf ~", "a remote shell would interpret"),
+    ("--workdir", "w $(id)", "a remote shell would interpret"),
+])
+def test_values_that_a_command_would_misread_are_refused(capsys, config, flag, value, needle):
+  assert cli.main(["launch", "--config", config, *POD, f"{flag}={value}", "--dry-run"]) == 2
+  captured = capsys.readouterr()
+  assert captured.out == "" and captured.err.count("\n") == 1 and needle in captured.err
 
 
 def test_failed_step_still_deletes_the_tpu(monkeypatch, config):
