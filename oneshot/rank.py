@@ -14,16 +14,19 @@ result's percentile among the K stand-alone scores; `context` adds the same tau 
 batch-statistics score, for losses, and (2+ seeds) between two trainings of each child: the best tau
 any supernet could reach against such a noisy reference.
 
-Cost: a compiled train step per architecture would cost ~10 s of XLA:CPU compile each. Instead each child
-is trained *through the supernet* with its DNA fixed: the supernet's step takes the DNA as a traced
-array, so one compilation serves every architecture, and on a fixed path the supernet computes exactly
-the child (same logits, same gradients on the child's slice of each weight; the rest of each weight gets
-no gradient and never reaches the output). Fresh weights come from the supernet's initialiser with every
-kernel rescaled by sqrt(fan_in_supernet / fan_in_child), which is the child's own fan-in-scaled
-initialisation on the slice the child reads. Training runs on one local device, the child step on the
-whole batch, with no collectives: on two CPU devices, synchronised BN's all-reduces twice aborted the
-run in XLA's rendezvous (40 s timeout) on 2-core hosts. Only the short forward-only recalibration
-and evaluation functions are compiled per child.
+With `--table CSV` nothing is trained: the architectures of a ground-truth band table (oneshot/bands.py)
+are scored by the supernet and judged per latency band (oneshot/band_rank.py).
+
+Stand-alone training here (short, one seed or a few, for any space) goes *through the supernet* with the
+DNA fixed: the supernet's step takes the DNA as a traced array, so one compilation serves every
+architecture, where a child's own step would be compiled once per architecture; on a fixed path the
+supernet computes exactly the child (same logits, same gradients on the child's slice of each weight;
+the rest gets no gradient and never reaches the output). Fresh weights come from the supernet's
+initialiser with every kernel rescaled by sqrt(fan_in_supernet / fan_in_child), the child's own
+fan-in-scaled initialisation on the slice it reads. Training runs on one local device with no
+collectives: synchronised BatchNorm across CPU devices is not needed for one child, and its all-reduces
+can abort in XLA's CPU rendezvous. The band builder trains the child's own network instead: its long
+trainings amortise one compilation per architecture, and a narrow child computes only its own widths.
 """
 
 from __future__ import annotations
