@@ -416,9 +416,14 @@ def run(config, workdir: io.PathLike, *, stop_after: int | None = None,
   `stop_after` ends after that many new accelerators (as a kill would, for resume tests);
   `evaluator` reuses an already built one (a trained supernet, compiled step, warm memo).
   """
-  from oneshot import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from oneshot import runtime, workdir as workdir_lib
+  from oneshot.launch import distributed
   with workdir_lib.held():  # locked from the claim until the co-search returns
     validate(config)
+    # The claim asks JAX which process this is, which starts its backend: first these, as the search.
+    distributed.maybe_initialize()
+    runtime.use_cpu_devices(config)
     load_progress(config, workdir)  # a damaged or foreign state file: refused before the claim writes
     workdir = workdir_lib.claim(workdir, config, "cosearch")  # its search's claim is this one
     return _run(config, workdir, stop_after, evaluator)
