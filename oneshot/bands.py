@@ -194,7 +194,12 @@ _WORKER: Trainer | None = None
 
 
 def _pin_worker(config_dict: dict, cores: Any) -> None:
-  """Pool initializer: one core (the next free one of `cores`) and a single-threaded XLA runtime."""
+  """Pool initializer: one core (the next free one of `cores`) and a single-threaded XLA runtime. A
+  worker ends with the build (Linux's parent-death signal): a killed build leaves no orphan training."""
+  if sys.platform.startswith("linux"):
+    import ctypes  # pylint: disable=import-outside-toplevel
+    import signal  # pylint: disable=import-outside-toplevel
+    ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
   with cores.get_lock():
     core = cores.value
     cores.value += 1
