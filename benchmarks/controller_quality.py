@@ -40,7 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=wrong-import-position
 from oneshot import controllers
-from oneshot import export, io, rank, search, session as session_lib, steps, supernet, train
+from oneshot import child as child_lib
+from oneshot import io, rank, search, session as session_lib, steps, supernet, train
 from oneshot.errors import UserError
 
 CONTROLLERS = ("enas", "tunas", "evolution", "random")
@@ -125,7 +126,7 @@ class StandAlone:
       tic = time.time()
       child = supernet.child_model(sess.space, dna, ds.num_classes, ds.image_shape[-1],
                                    sess.config.supernet.depthwise)
-      runner = export.ChildRunner(child)
+      runner = child_lib.ChildRunner(child)
       tests = []
       for j in range(self.train_seeds):
         # One init key and data order for every architecture: differences are the architecture's.

@@ -132,9 +132,9 @@ def load(directory: str, model: Any = None, trust: Sequence[str] = ()) -> tuple[
   `model`: an instance of your module, for an export of your own search space. Without it the module
   architecture.json names is imported only if `trust` lists it (importing runs the module's code, and
   the folder may come from anyone); a class defined in a script cannot be imported at all."""
-  from oneshot import export as export_lib  # pylint: disable=import-outside-toplevel
+  from oneshot import child as child_lib  # pylint: disable=import-outside-toplevel
   with trust_lib.scope(trust):
-    return export_lib.load(directory, model)
+    return child_lib.load(directory, model)
 
 
 def supernet_logits(workdir: str, images: Any, dna: Any = None, *, data: Arrays | None = None,

@@ -139,7 +139,8 @@ def run(workdir: str, table: str, out: str, *, recalibrate_batches: int = 20,
         steps: int | None = None) -> dict[str, Any]:
   """Scores every architecture of `table` with `workdir`'s supernet; writes and returns rank.json."""
   # pylint: disable=import-outside-toplevel
-  from oneshot import checkpoint, export, rank, runtime, session as session_lib, spaces
+  from oneshot import checkpoint, rank, runtime, session as session_lib, spaces
+  from oneshot import child as child_lib
   runtime.return_compile_memory()
   wall = time.time()
   if recalibrate_batches < 1:
@@ -162,7 +163,7 @@ def run(workdir: str, table: str, out: str, *, recalibrate_batches: int = 20,
   scored = []
   for i, a in enumerate(archs):
     tic = time.time()
-    runner, child = export.recalibrated_child(sess, params, a.dna, recalibrate_batches)
+    runner, child = child_lib.recalibrated_child(sess, params, a.dna, recalibrate_batches)
     result = runner.evaluate(child, sess.dataset, "validation", config.train.eval_batch_size)
     scored.append({"band_ms": a.band_ms, "dna": list(a.dna), "string": space.format(a.dna),
                    "supernet_accuracy": result["accuracy"], "supernet_loss": result["loss"],

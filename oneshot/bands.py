@@ -155,21 +155,22 @@ class Trainer:
   def _child(self, dna: DNA, steps: int):
     """The child's model, train step, optimizer and runner, compiled once for all its seeds."""
     # pylint: disable=import-outside-toplevel
-    from oneshot import export, supernet, train
+    from oneshot import supernet, train
+    from oneshot import child as child_lib
     if self._compiled[0] != (dna, steps):
       ds = self.dataset
       model = supernet.child_model(self.space, dna, ds.num_classes, ds.image_shape[-1],
                                    self.config.supernet.depthwise)
       tx = train.optimizer(self.config, steps)
       self._compiled = ((dna, steps), (model, train.make_train_step(model, tx), tx,
-                                       export.ChildRunner(model)))
+                                       child_lib.ChildRunner(model)))
     return self._compiled[1]
 
   def run(self, job: Job) -> dict[str, Any]:
     # pylint: disable=import-outside-toplevel
     import jax
     import jax.numpy as jnp
-    from oneshot import export
+    from oneshot import child as child_lib
     t, ds = self.config.train, self.dataset
     tic = time.time()
     model, step, tx, runner = self._child(job.dna, job.steps)
@@ -186,7 +187,7 @@ class Trainer:
     test = runner.evaluate(child, ds, "test", t.eval_batch_size)
     return {"validation_accuracy": f"{val['accuracy']:.6f}", "validation_loss": f"{val['loss']:.6f}",
             "test_accuracy": f"{test['accuracy']:.6f}", "test_loss": f"{test['loss']:.6f}",
-            "num_params": str(export.count_params(child["params"])),
+            "num_params": str(child_lib.count_params(child["params"])),
             "train_seconds": f"{time.time() - tic:.1f}"}
 
 

@@ -42,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from oneshot import configuration, export, io
+from oneshot import child as child_lib
+from oneshot import configuration, io
 from oneshot.errors import UserError
 from oneshot.spaces.core import DNA, Space
 
@@ -142,7 +143,7 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
     tic = time.time()
     # Supernet score: inherited weights, recalibrated BN as export writes the child (and, for
     # comparison, the search's own batch-statistics score).
-    runner, inherited = export.recalibrated_child(sess, params, dna, recalibrate_batches)
+    runner, inherited = child_lib.recalibrated_child(sess, params, dna, recalibrate_batches)
     supernet_eval = runner.evaluate(inherited, ds, "validation", t.eval_batch_size)
     batch_stats_acc = session_lib.evaluate(sess, params, dna, "validation")
     score_seconds = time.time() - tic
@@ -164,7 +165,7 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
     row = {**space.to_json(dna), "supernet_accuracy": supernet_eval["accuracy"],
            "supernet_batch_stats_accuracy": batch_stats_acc,
            "supernet_loss": supernet_eval["loss"], **standalone,
-           "num_params": export.count_params(inherited["params"]),
+           "num_params": child_lib.count_params(inherited["params"]),
            "is_search_result": search_dna is not None and tuple(dna) == tuple(search_dna),
            "seconds": time.time() - tic, "score_seconds": score_seconds}
     archs.append(row)
@@ -421,7 +422,7 @@ def check_out(out: str) -> io.PathLike:
   if io.is_remote(path):
     io.ensure_workdir(path.parent)  # the bucket answers, and can be written
   else:
-    export.check_writable(os.fspath(path), "--out")
+    child_lib.check_writable(os.fspath(path), "--out")
   return path
 
 

@@ -400,7 +400,7 @@ def answer(sess, params, controller, controller_state, key,
   a latency `target`, candidates are ranked by the same hardware-aware reward the controller learned
   from. The answer is the best finalist, or for a controller whose `answer_rule` is "argmax" its own
   choice (evaluated the same way), the table still holding the rescored pick."""
-  from oneshot import export  # pylint: disable=import-outside-toplevel
+  from oneshot import child as child_lib  # pylint: disable=import-outside-toplevel
   from oneshot.controllers import rsws  # pylint: disable=import-outside-toplevel
   select = select_config(sess.config)
   candidates = controller.candidates(controller_state, key, select["num_candidates"])
@@ -412,7 +412,7 @@ def answer(sess, params, controller, controller_state, key,
 
   def rescore(dna):
     if select["recalibrate_batches"]:  # the finalist as export writes it: BN recalibrated
-      runner, variables = export.recalibrated_child(sess, params, dna, select["recalibrate_batches"])
+      runner, variables = child_lib.recalibrated_child(sess, params, dna, select["recalibrate_batches"])
       accuracy[dna] = runner.accuracy(variables, sess.dataset, "validation",
                                       sess.config.train.eval_batch_size)
     else:  # batch-statistics BN, as in the search's rewards

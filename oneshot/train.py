@@ -23,7 +23,8 @@ import numpy as np
 import optax
 from absl import flags
 
-from oneshot import checkpoint, configuration, data, export, io, runtime, steps
+from oneshot import checkpoint, configuration, data, io, runtime, steps
+from oneshot import child as child_lib
 from oneshot import workdir as workdir_lib
 from oneshot.errors import UserError
 
@@ -103,10 +104,10 @@ def run(config: ml_collections.ConfigDict, arch_dir: io.PathLike, workdir: io.Pa
 def _run(config: ml_collections.ConfigDict, arch_dir: io.PathLike, workdir: io.PathLike,
          init_from_export: bool, stop_after: int | None) -> dict | None:
   runtime.return_compile_memory()
-  record = export.read_architecture(arch_dir)
+  record = child_lib.read_architecture(arch_dir)
   dataset = data.load(config.dataset)
   _check_dataset(record, dataset)
-  model, exported = export.load(arch_dir)
+  model, exported = child_lib.load(arch_dir)
   t = config.train
   num_steps = standalone_steps(config)
   for name in ("batch_size", "eval_batch_size", "checkpoint_every", "log_every"):
@@ -173,13 +174,13 @@ def _run(config: ml_collections.ConfigDict, arch_dir: io.PathLike, workdir: io.P
     metrics_log.close()
   progress.close()
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  runner = export.ChildRunner(model)
+  runner = child_lib.ChildRunner(model)
   result = {**{k: setup[k] for k in ("space", "dna", "string", "arch", "init_from_export")},
             "test_accuracy": runner.accuracy(variables, dataset, "test", t.eval_batch_size),
             "validation_accuracy": runner.accuracy(variables, dataset, "validation",
                                                    t.eval_batch_size),
             "steps": int(state["step"]), "wall_seconds": time.time() - wall_start,
-            "num_params": export.count_params(state["params"])}
+            "num_params": child_lib.count_params(state["params"])}
   io.write_json(workdir / RESULT_FILE, result)
   return result
 

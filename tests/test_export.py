@@ -19,6 +19,7 @@ import pytest
 
 from oneshot import (checkpoint, cli, configuration, export, io, search, session as session_lib,
                      steps, supernet)
+from oneshot import child as child_lib
 from oneshot.errors import UserError
 from tests.conftest import REPO, tiny_config
 
@@ -88,7 +89,7 @@ def _count(tree) -> int:
 
 
 def test_loaded_child_equals_the_supernet_path(searched):
-  model, variables = export.load(searched.out)
+  model, variables = child_lib.load(searched.out)
   dna = searched.record["dna"]
   assert dna == searched.result["dna"]
   x = _batch(searched)
@@ -103,7 +104,7 @@ def test_loaded_child_equals_the_supernet_path(searched):
 
 def test_export_holds_exactly_the_child(searched):
   record, space = searched.record, searched.space
-  _, variables = export.load(searched.out)
+  _, variables = child_lib.load(searched.out)
   ds = searched.sess.dataset
   child = supernet.child_model(space, record["dna"], ds.num_classes, ds.image_shape[-1])
   own = jax.eval_shape(child.init, jax.random.PRNGKey(0), jnp.zeros((1,) + ds.image_shape))
@@ -120,8 +121,8 @@ def test_export_holds_exactly_the_child(searched):
 
 def test_recalibration_gives_the_exact_statistics(mobilenet):
   s = mobilenet
-  model, variables = export.load(s.out)
-  runner = export.ChildRunner(model)
+  model, variables = child_lib.load(s.out)
+  runner = child_lib.ChildRunner(model)
   ds = s.sess.dataset
   b0, b1 = (ds.batch("train", i, 16, 0) for i in range(2))
   # One batch: eval mode with those statistics is train mode on that batch.
@@ -142,11 +143,11 @@ def test_recalibration_gives_the_exact_statistics(mobilenet):
 
 def test_load_needs_no_supernet_or_search_code(mobilenet):
   code = ("import sys, jax.numpy as jnp\n"
-          "from oneshot import export\n"
-          f"model, variables = export.load({mobilenet.out!r})\n"
+          "from oneshot import child\n"
+          f"model, variables = child.load({mobilenet.out!r})\n"
           "model.apply(variables, jnp.zeros((2, 8, 8, 1)), train=False)\n"
           "bad = [m for m in sys.modules if m.startswith(('oneshot.supernet', 'oneshot.search', "
-          "'oneshot.session', 'oneshot.steps', 'controllers'))]\n"
+          "'oneshot.session', 'oneshot.steps', 'oneshot.export', 'controllers'))]\n"
           "assert not bad, bad\n")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
@@ -196,9 +197,9 @@ def test_export_replaces_an_earlier_export(mobilenet, tmp_path, capsys):
   assert cli.main(["export", "--workdir", mobilenet.workdir, "--out", str(out), "--dna",
                    ",".join(map(str, dna)), "--recalibrate-batches", "1"]) == 0
   assert "exported" in capsys.readouterr().out
-  assert export.read_architecture(str(out))["dna"] == dna
+  assert child_lib.read_architecture(str(out))["dna"] == dna
   assert sorted(os.listdir(tmp_path)) == ["again"]  # no temp or old copies left behind
-  model, variables = export.load(str(out))
+  model, variables = child_lib.load(str(out))
   assert model.apply(variables, _batch(mobilenet), train=False).shape == (32, 10)
 
 
@@ -240,7 +241,7 @@ def test_train_fine_tunes_from_the_export(mobilenet, tmp_path):
                    *TRAIN_FLAGS]) == 0
   assert json.loads((workdir / "train_setup.json").read_text())["init_from_export"] is True
   # At learning rate 0 the weights stay the exported ones (a fresh init would differ everywhere).
-  _, exported = export.load(mobilenet.out)
+  _, exported = child_lib.load(mobilenet.out)
   trained = _final_state(str(workdir))["params"]
   for a, b in zip(jax.tree.leaves(exported["params"]), jax.tree.leaves(trained)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

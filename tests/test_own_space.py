@@ -205,8 +205,8 @@ def test_recalibration_does_not_depend_on_your_batchnorm_momentum(tmp_path):
   with nas.serving(Net()):
     child = supernet.child_model(space, (0, 1, 0), 10, 1)
     variables = child.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
-    from oneshot import export  # pylint: disable=import-outside-toplevel
-    stats = export.ChildRunner(child).recalibrate(variables, [{"image": b} for b in images])
+    from oneshot import child as child_lib  # pylint: disable=import-outside-toplevel
+    stats = child_lib.ChildRunner(child).recalibrate(variables, [{"image": b} for b in images])
   x = images.reshape(32, 8, 8, 1)
   # The first BatchNorm sees the chosen 3x3 conv of the input: its statistics over both batches.
   kernel, bias = variables["params"]["Conv_0"]["kernel"], variables["params"]["Conv_0"]["bias"]

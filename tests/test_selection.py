@@ -54,7 +54,7 @@ def test_random_search_answers_the_best_rescored_candidate_and_differs_between_s
 def test_recalibrated_rescore_is_the_exported_childs_accuracy(random_searches, tmp_path):
   """With `select.recalibrate_batches`, finalists are rescored as `oneshot export` writes them (BN
   recalibrated), the reward is the answer's recalibrated accuracy and the batch-statistics one is kept."""
-  from oneshot import export  # pylint: disable=import-outside-toplevel
+  from oneshot import child as child_lib  # pylint: disable=import-outside-toplevel
   workdir, config, _ = random_searches[0]
   config = config.copy_and_resolve_references()
   config.select.recalibrate_batches = 3
@@ -65,7 +65,7 @@ def test_recalibrated_rescore_is_the_exported_childs_accuracy(random_searches, t
   result = search._finish(sess, state, io.as_path(tmp_path), [], 0.0, True)
 
   def recalibrated(dna):
-    runner, variables = export.recalibrated_child(sess, state["params"], dna, 3)
+    runner, variables = child_lib.recalibrated_child(sess, state["params"], dna, 3)
     return runner.accuracy(variables, sess.dataset, "validation", config.train.eval_batch_size)
 
   finalists = result["selection"]["finalists"]

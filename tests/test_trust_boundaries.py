@@ -33,6 +33,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from oneshot import api, checkpoint, cli, export, search, steps, workdir as workdir_lib
+from oneshot import child as child_lib
 from oneshot.errors import UserError
 from tests.conftest import REPO, config_file, tiny_config
 from tests.fake_bucket import fake_bucket
@@ -120,7 +121,7 @@ def _module_export(tmp_path, module: str) -> str:
       "import flax.linen as nn\nclass Net(nn.Module):\n  @nn.compact\n"
       "  def __call__(self, x, train=True):\n    return nn.Dense(10)(x.reshape(len(x), -1))\n")
   record = {"space": "module", "architecture": {"op": 0}, "dna": [0], "string": "op=0",
-            "format_version": export.FORMAT_VERSION, "model": ["oneshot.nas", "FixedArchitecture"],
+            "format_version": child_lib.FORMAT_VERSION, "model": ["oneshot.nas", "FixedArchitecture"],
             "skeleton": {"module": module, "kwargs": {}, "input_shape": [8, 8, 1]},
             "num_classes": 10, "image_shape": [8, 8, 1], "dataset": "digits", "dataset_config": {},
             "num_params": 1, "recalibrate_batches": 1, "recalibrate_batch_size": 16,
@@ -193,7 +194,7 @@ def test_an_earlier_export_is_still_replaced(searched, exported, tmp_path, capfd
   out = _copy(exported, tmp_path / "again")
   assert cli.main(["export", "--workdir", workdir, "--out", out, "--dna", "1," + ZEROS[2:],
                    "--recalibrate-batches", "1"]) == 0
-  assert export.read_architecture(out)["dna"][0] == 1 and sorted(os.listdir(tmp_path)) == ["again"]
+  assert child_lib.read_architecture(out)["dna"][0] == 1 and sorted(os.listdir(tmp_path)) == ["again"]
 
 
 # --- scenario 3: a search silently mixes runs ------------------------------------------------------
