@@ -3,6 +3,8 @@
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from oneshot.hardware import schema as hardware_schema
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -60,24 +62,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.standalone_steps = 0      # oneshot train / rank: child training steps (0: num_steps)
   c.train.max_nonfinite_steps = 10  # consecutive NaN/Inf losses before the search stops
 
+  # Hardware, one section for a latency-targeted search and for `oneshot cosearch` (keys, defaults and
+  # rules: oneshot/hardware/schema.py). A search is accuracy-only until hardware.target_latency_ms is
+  # set; then rewards and the final choice fold in each architecture's modelled latency on
+  # hardware.accelerator (one device: 16x16 weight-stationary by default).
+  c.hardware = hardware_schema.defaults()
+
   # Controller hyperparameters left at None take the controller's own defaults (ENAS's published
   # lr 0.0035, baseline decay 0.99, entropy weight 1e-4, T 5, c 2.5; TuNAS's baseline momentum 0.95 and
   # no entropy term, with lr 0.05, this project's value, not the released code's 0.0003 x batch/256:
   # see controllers/tunas.py); a value set here or by --config.controller.X=V applies to whichever
   # controller runs. search_result.json records the values in force.
-  # Latency-targeted search (oneshot/hardware/target.py): off until target_latency_ms is set; then
-  # rewards and the final choice fold the modelled latency of each architecture into its accuracy.
-  c.hardware = ml_collections.ConfigDict()
-  c.hardware.target_latency_ms = placeholder(float)  # T0, ms per image batch of 1 on the device
-  c.hardware.reward = "tunas"       # tunas: Q + beta*|T/T0 - 1| | mnas: Q*(T/T0)^w
-  c.hardware.beta = -0.5            # tunas; TuNAS used -0.07..-0.1 with 100x more RL steps
-  c.hardware.w = -0.07              # mnas (MnasNet's soft constraint)
-  c.hardware.cost_model = "analytical"  # analytical (the accelerator below) | table (a lut.json)
-  c.hardware.table = ""             # `oneshot latency-table --out lut.json`, for cost_model=table
-  c.hardware.accelerator = ml_collections.ConfigDict(dict(  # the one device the model times
-      rows=16, cols=16, ifmap_sram_kb=64, filter_sram_kb=64, ofmap_sram_kb=32, dataflow="ws",
-      dram_gbps=16.0, clock_mhz=500.0))
-
   c.controller = ml_collections.ConfigDict()
   c.controller.name = "enas"
   c.controller.learning_rate = placeholder(float)

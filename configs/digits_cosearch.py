@@ -20,8 +20,10 @@ from oneshot.configs.digits import get_config as digits_config
 def get_config():
   c = digits_config()
 
-  # spaces/accelerator.py: one choice list per decision, plus the hard area budget (0: none).
-  c.accelerator = ml_collections.ConfigDict(dict(
+  # The hardware section (oneshot/hardware/schema.py), as a latency-targeted search has it, plus the
+  # device space: one choice list per accelerator decision, and the hard area budget (0: none).
+  h = c.hardware
+  h.accelerator_choices = ml_collections.ConfigDict(dict(
       rows=(4, 8, 16, 32, 64),
       cols=(4, 8, 16, 32, 64),
       ifmap_sram_kb=(8, 16, 32, 64, 128),
@@ -30,26 +32,21 @@ def get_config():
       dataflow=("ws", "os", "is"),
       dram_gbps=(2.0, 4.0, 8.0, 16.0),
       clock_mhz=(100.0, 200.0, 400.0, 800.0),
-      area_budget_mm2=1.2,
   ))
-
-  # oneshot/hardware/rewards.py. A target of 0 is unset; costs are in the cost model's units.
-  c.reward = ml_collections.ConfigDict(dict(
-      kind="nahas",              # nahas | tunas | mnas | accuracy
-      latency_target_ms=0.03,
-      energy_target_mj=0.007,
-      area_target_mm2=0.4,
-      latency_weight=0.1,        # nahas lambdas: 10% over a target costs 1% accuracy
-      energy_weight=0.1,
-      area_weight=0.1,
-      metric="latency",          # the cost tunas and mnas use
-      beta=-0.1,                 # tunas
-      w=-0.07,                   # mnas
-  ))
-
-  # oneshot/hardware/latency_table.py: 'analytical' or 'table' (a lut.json from `oneshot
-  # latency-table`; latency then is the measured device's, in ms per batch).
-  c.cost_model = ml_collections.ConfigDict(dict(kind="analytical", table=""))
+  h.area_budget_mm2 = 1.2
+  # The reward (oneshot/hardware/rewards.py). A target of 0 is unset; costs are in the cost model's
+  # units (cost_model 'analytical', or 'table' with a lut.json from `oneshot latency-table`, whose
+  # latency then is the measured device's, in ms per batch).
+  h.reward = "nahas"             # nahas | tunas | mnas | accuracy
+  h.target_latency_ms = 0.03
+  h.target_energy_mj = 0.007
+  h.target_area_mm2 = 0.4
+  h.latency_weight = 0.1         # nahas lambdas: 10% over a target costs 1% accuracy
+  h.energy_weight = 0.1
+  h.area_weight = 0.1
+  h.metric = "latency"           # the cost tunas and mnas use
+  h.beta = -0.1                  # tunas
+  h.w = -0.07                    # mnas
 
   c.cosearch = ml_collections.ConfigDict(dict(
       outer_controller="evolution",  # proposes accelerators (controllers/)

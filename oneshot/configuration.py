@@ -21,6 +21,7 @@ from ml_collections import config_flags
 
 from oneshot import trust
 from oneshot.errors import UserError
+from oneshot.hardware import settings as hardware_settings
 
 # The configs/ folder, wherever it is installed (a checkout's configs/, or site-packages' oneshot/configs).
 CONFIGS_DIR = os.path.dirname(importlib.util.find_spec("oneshot.configs").origin)
@@ -109,6 +110,7 @@ def load(fv: flags.FlagValues) -> ml_collections.ConfigDict:
     if fv["config"].present:
       raise UserError(_RETURNED_NONE)
     raise UserError("--config is required, e.g. --config configs/digits.py")
+  hardware_settings.read(config)  # every hardware value checked now, before any command starts
   return config
 
 

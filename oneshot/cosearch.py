@@ -38,14 +38,13 @@ import numpy as np
 from oneshot import controllers
 from oneshot import io
 from oneshot.errors import UserError
-from oneshot.hardware import rewards
-from oneshot.hardware.latency_table import cost_function
+from oneshot.hardware import settings as hardware_settings
 from oneshot.spaces import accelerator
 
 STATE_FILE, RESULT_FILE, PLOT_FILE = "cosearch_state.json", "cosearch.json", "pareto.png"
 OBJECTIVES = (("accuracy", 1), ("latency_ms", -1), ("energy_mj", -1), ("area_mm2", -1))
 # Config sections that change what a point means; a resumed run must match them (budget may grow).
-_FINGERPRINT = ("seed", "space", "dataset", "train", "accelerator", "reward", "cost_model", "cosearch")
+_FINGERPRINT = ("seed", "space", "dataset", "train", "hardware", "cosearch")
 _NOT_WEIGHTS = ("eval_batch_size", "log_every", "checkpoint_every", "max_nonfinite_steps")
 
 
@@ -80,8 +79,7 @@ class Evaluator:
     self.config, self.session, self.params = config, sess, params
     self.space, self.accel_space, self.cost_fn = sess.space, accel_space, cost_fn
     c = config.cosearch
-    self.kind = config.reward.kind
-    self.reward_config = _reward_config(config.reward)
+    self.reward = hardware_settings.read(config, "cosearch").reward
     from oneshot import steps  # pylint: disable=import-outside-toplevel
     self._steps = steps
     self.reward_step = steps.make_reward_step(sess.model, sess.mesh, sess.frozen)
@@ -117,7 +115,7 @@ class Evaluator:
     acc = self.accuracy(dnas)
     out = {"accuracy": acc, **{k: np.asarray(costs[k], np.float64)
                                for k in ("latency_ms", "energy_mj", "area_mm2")}}
-    out["reward"] = rewards.reward(self.kind, acc, costs, self.reward_config)
+    out["reward"] = self.reward(acc, costs)
     return out
 
   def point(self, accel_dna, arch_dna, extra: dict | None = None) -> dict[str, Any]:
@@ -130,17 +128,6 @@ class Evaluator:
 
 def _key(dna) -> str:
   return ",".join(str(int(v)) for v in dna)
-
-
-def _reward_config(section) -> dict:
-  """The reward section without `kind`; a 0 or None target is unset (rewards.py skips it)."""
-  out = {}
-  for k, v in section.items():
-    if k == "kind" or v is None or (k.endswith(("_target_ms", "_target_mj", "_target_mm2"))
-                                     and float(v) == 0):
-      continue
-    out[k] = v
-  return out
 
 
 def inner_search(ev: Evaluator, controller, accel_dna, key, steps: int, paths: int,
@@ -216,7 +203,8 @@ def outer_loop(ev: Evaluator, config, progress: dict, evaluate: Callable[[np.nda
   while progress["feasible"] < budget:
     if progress["proposals"] >= max_proposals:
       raise UserError(f"{progress['proposals']} accelerator proposals, only {progress['feasible']} "
-                      "within the area budget; raise --config.accelerator.area_budget_mm2 or "
+                      "within the area budget; raise "
+                      f"{hardware_settings.flag('area_budget_mm2')} or "
                       "--config.cosearch.max_proposals")
     key = jax.random.fold_in(jax.random.fold_in(root, 1), progress["proposals"])
     dna = np.asarray(outer.propose(state, key, 1), np.int32)[0]
@@ -275,9 +263,10 @@ def result(progress: dict, config, wall: float, extra: dict | None = None) -> di
   points = progress["points"]
   mask = pareto_mask(points)
   best = max(points, key=lambda p: p["reward"]) if points else None
+  hardware = hardware_settings.read(config, "cosearch")
   return {"points": points, "pareto": [p for p, m in zip(points, mask) if m], "best": best,
-          "reward": {"kind": config.reward.kind, **_reward_config(config.reward)},
-          "cost_model": config.cost_model.kind, "evaluations": progress["evaluations"],
+          "reward": hardware.reward.settings(), "cost_model": hardware.cost_model,
+          "evaluations": progress["evaluations"],
           "accuracy_evaluations": len(progress["accuracy_cache"]),
           "proposals": progress["proposals"], "rejected": progress["rejected"],
           "duplicates": progress["duplicates"], "wall_seconds": wall, **(extra or {})}
@@ -317,28 +306,29 @@ def plot(res: dict, path: str, title: str = "hardware co-search") -> None:
 def prepare(config, workdir: io.PathLike) -> Evaluator | None:
   """Trains (or reuses) the supernet in `workdir`; the evaluator on its weights, or None if stopped."""
   from oneshot import search, session as session_lib  # pylint: disable=import-outside-toplevel
-  accel_space = validate(config)
+  hardware = validate(config)
   done = io.as_path(workdir) / "search_result.json"
   finished = False
   if done.exists():
     finished = int(json.loads(done.read_text()).get("steps", -1)) == int(config.train.num_steps)
-  if not finished and search.run(config, workdir) is None:
+  if not finished and search.run(config, workdir, hardware_aware=False) is None:
     return None
   sess = session_lib.build(config)
   restored = session_lib.restore_params(sess, workdir)
   params = restored["params"] if isinstance(restored, dict) and "params" in restored else restored
-  cost_fn = cost_function(config.cost_model.to_dict(), sess.space, accel_space,
-                          sess.dataset.image_shape, sess.dataset.num_classes)
-  return Evaluator(config, sess, params, cost_fn, accel_space)
+  cost_fn = hardware.cost_function(sess.space, hardware.accelerators, sess.dataset.image_shape,
+                                   sess.dataset.num_classes)
+  return Evaluator(config, sess, params, cost_fn, hardware.accelerators)
 
 
-def validate(config) -> Any:
-  """The accelerator space, once every co-search setting is checked (before any training)."""
+def validate(config) -> hardware_settings.Hardware:
+  """The `hardware` section (device space, reward, cost model), once every co-search setting is
+  checked (before any training)."""
   from oneshot import spaces  # pylint: disable=import-outside-toplevel
-  missing = [k for k in ("accelerator", "reward", "cost_model", "cosearch") if config.get(k) is None]
-  if missing:
-    raise UserError(f"the config has no {'/'.join(missing)} section; use --config "
-                    "configs/digits_cosearch.py or add them as it does")
+  if config.get("cosearch") is None:
+    raise UserError("the config has no cosearch section; use --config configs/digits_cosearch.py or "
+                    "add one as it does")
+  hardware = hardware_settings.read(config, "cosearch")
   c = config.cosearch
   for name, least in (("outer_budget", 1), ("inner_steps", 1), ("inner_paths", 1),
                       ("warm_start", 0)):
@@ -349,11 +339,9 @@ def validate(config) -> Any:
       raise UserError(f"unknown controller {c[name]!r}; set --config.cosearch.{name} to one of "
                       f"{sorted(controllers.registry())}")
     controllers.require_reward_based(c[name], "the co-search (rewards of a cost model)")
-  accel_space = accelerator.build(config.accelerator.to_dict())
-  ones = {k: np.ones(1) for k in ("latency_ms", "energy_mj", "area_mm2")}
-  rewards.reward(config.reward.kind, np.ones(1), ones, _reward_config(config.reward))
-  cost_function(config.cost_model.to_dict(), spaces.build(config.space), accel_space, (1, 1, 1), 1)
-  return accel_space
+  # A table file is read and checked against the space now, not after training.
+  hardware.cost_function(spaces.build(config.space), hardware.accelerators, (1, 1, 1), 1)
+  return hardware
 
 
 def _changed(old: dict, new: dict) -> list[str]:

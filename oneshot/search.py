@@ -130,21 +130,24 @@ def warmup_sampler(config, sess: session_lib.Session):
   return SandwichSampler(sess.space, size)
 
 
-def run(config, workdir: io.PathLike, *, stop_after: int | None = None) -> dict | None:
+def run(config, workdir: io.PathLike, *, stop_after: int | None = None,
+        hardware_aware: bool = True) -> dict | None:
   """Runs (or resumes) the search; returns the result dict, or None if stopped before the end.
 
   `stop_after` ends the run after that many steps (as a preemption would), for resume tests.
+  `hardware_aware` False searches for accuracy alone whatever `hardware` says: the co-search's
+  supernet, whose section describes a device space that is priced only after training.
   """
   with workdir_lib.held():  # the workdir stays locked from its claim until the run returns
-    return _run(config, workdir, stop_after)
+    return _run(config, workdir, stop_after, hardware_aware)
 
 
-def _run(config, workdir: io.PathLike, stop_after: int | None) -> dict | None:
+def _run(config, workdir: io.PathLike, stop_after: int | None, hardware_aware: bool) -> dict | None:
   runtime.return_compile_memory()  # before any device work starts XLA's threads
   distributed.maybe_initialize()
   runtime.enable_compilation_cache(config)
   sess = session_lib.build(config)  # validates every name before anything is written
-  target = latency_target(config, sess)
+  target = latency_target(config, sess) if hardware_aware else None
   uniform = warmup_sampler(config, sess)
   workdir = workdir_lib.claim(workdir, config, "search")  # same run or a new one; locked
   primary = distributed.is_primary()

@@ -4,6 +4,9 @@ The decisions are SCALE-Sim's knobs (array shape, the three operand SRAMs, dataf
 bandwidth and clock that turn cycles into time. An area budget, when set, is a `constraint` of the space,
 so every controller samples, mutates and validates only buildable accelerators without knowing why.
 `arrays` turns a batch of DNAs into one numpy array per decision, the form the vectorised cost model reads.
+
+Its settings are the `hardware.accelerator` section of a config (oneshot/hardware/schema.py): a wrong one
+raises `SettingError` naming the key, and the config's reader names the flag.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from oneshot.errors import UserError
+from oneshot.hardware.schema import SettingError
 from oneshot.spaces.core import Decision, Space
 
 # The order here is the integer code the cost model uses for `dataflow` (0 ws, 1 os, 2 is).
 DATAFLOWS = ("ws", "os", "is")
 
-# Defaults span an edge NPU (8x8, 32 KiB buffers, LPDDR) up to a TPUv1-like 256x256 array.
+# The space a library caller gets for a decision it leaves out (a config's section always has every
+# field: the schema's defaults fill it). Spans an edge NPU (8x8, 32 KiB buffers, LPDDR) up to a
+# TPUv1-like 256x256 array.
 DEFAULTS: dict[str, tuple[Any, ...]] = {
     "rows": (8, 16, 32, 64, 128, 256),
     "cols": (8, 16, 32, 64, 128, 256),
@@ -34,33 +39,41 @@ NAMES = tuple(DEFAULTS)
 
 
 def build(config: Mapping[str, Any]) -> Space:
-  """The accelerator space; each choice list is `config[name]` or its DEFAULTS entry."""
+  """The accelerator space; each choice list is `config[name]` (a single value is one choice) or its
+  DEFAULTS entry."""
+  unknown = sorted(set(config.keys()) - set(NAMES) - {"area_budget_mm2", "name"})
+  if unknown:
+    raise SettingError("accelerator", f"{{flag}} has unknown field {unknown[0]!r}; use "
+                                      f"{', '.join(NAMES)} or area_budget_mm2")
   decisions = []
   for name in NAMES:
+    key = f"accelerator.{name}"
     choices = config.get(name)
-    choices = DEFAULTS[name] if choices is None else tuple(choices)
+    if choices is None:
+      choices = DEFAULTS[name]
+    choices = tuple(choices) if isinstance(choices, (list, tuple)) else (choices,)
     if not choices:
-      raise UserError(f"accelerator decision {name!r} has no choices; give a non-empty list in "
-                      f"--config.accelerator.{name} or leave it out for {list(DEFAULTS[name])}")
+      raise SettingError(key, f"accelerator decision {name!r} has no choices; give {{flag}} a value "
+                              "or a non-empty tuple of choices")
     if name == "dataflow":
       bad = [c for c in choices if c not in DATAFLOWS]
       if bad:
-        raise UserError(f"unknown dataflow {bad[0]!r} in --config.accelerator.dataflow; use any of "
-                        f"{list(DATAFLOWS)}")
+        raise SettingError(key, f"unknown dataflow {bad[0]!r} in {{flag}}; use any of "
+                                f"{list(DATAFLOWS)}")
     else:
       try:
         numbers = [float(c) for c in choices]
       except (TypeError, ValueError):
-        raise UserError(f"--config.accelerator.{name} must be a list of numbers; got "
-                        f"{list(choices)!r}") from None
+        raise SettingError(key, f"{{flag}} must be a number or a list of numbers; got "
+                                f"{list(choices)!r}") from None
       if min(numbers) <= 0:
-        raise UserError(f"--config.accelerator.{name} must be positive; got {list(choices)!r}")
+        raise SettingError(key, f"{{flag}} must be positive; got {list(choices)!r}")
     decisions.append(Decision(name, choices))
   budget = config.get("area_budget_mm2")
   budget = None if budget in (None, 0) else float(budget)
   if budget is not None and budget < 0:
-    raise UserError(f"--config.accelerator.area_budget_mm2 must be positive (or 0 for no budget); "
-                    f"got {budget}")
+    raise SettingError("accelerator.area_budget_mm2", "{flag} must be positive (or 0 for no budget); "
+                                                      f"got {budget:g}")
   skeleton = dict(area_budget_mm2=budget)
   return Space("accelerator", tuple(decisions), skeleton,
                constraint=None if budget is None else _area_constraint(budget))
@@ -75,7 +88,7 @@ def _area_constraint(budget: float):
                                      values["filter_sram_kb"], values["ofmap_sram_kb"]))
     if area > budget:
       return (f"area {area:.1f} mm^2 exceeds the budget {budget:g} mm^2; lower rows/cols or SRAM, "
-              "or raise --config.accelerator.area_budget_mm2")
+              "or raise the budget (accelerator.area_budget_mm2)")
     return None
 
   return check
@@ -118,5 +131,6 @@ def sample(space: Space, rng: np.random.Generator, num: int) -> np.ndarray:
     out = np.concatenate([out, batch[feasible(space, batch)]])
     if len(out) >= num:
       return out[:num]
-  raise UserError(f"space {space.name!r}: fewer than {num} feasible accelerators in "
-                  f"{200 * num} samples; raise --config.accelerator.area_budget_mm2")
+  raise SettingError("accelerator.area_budget_mm2",
+                     f"space {space.name!r}: fewer than {num} feasible accelerators in {200 * num} "
+                     "samples; raise {flag}")

@@ -15,8 +15,9 @@ import pytest
 from oneshot.configs import digits_cosearch
 from oneshot import cosearch
 from oneshot.errors import UserError
-from oneshot.hardware import latency_table
+from oneshot.hardware import latency_table, settings as hardware_settings
 from oneshot.spaces import accelerator, mobilenet
+from tests.conftest import REPO
 
 SPACE = dict(name="mobilenet", stem_filters=8, stem_stride=1, stages=((8, 1, 1), (16, 2, 2)),
              kernel_sizes=(3, 5), expansion_ratios=(2,), width_multipliers=(0.5, 1.0),
@@ -111,7 +112,7 @@ def test_latency_table_errors(tmp_path):
   with pytest.raises(UserError, match="cannot read latency table"):
     latency_table.load(str(tmp_path / "missing.json"), space)
   with pytest.raises(UserError, match="unknown cost model 'simulated'"):
-    latency_table.cost_function({"kind": "simulated"}, space, accelerator.build({}), (8, 8, 1), 10)
+    latency_table.cost_function("simulated", "", space, accelerator.build({}), (8, 8, 1), 10)
   with pytest.raises(UserError, match="--out is required"):
     latency_table.main(["--config", os.path.join("configs", "digits.py")])
 
@@ -128,8 +129,7 @@ def test_latency_table_measure_and_table_cost_model(tmp_path):
     json.dump(lut, f)
   from oneshot.spaces import build  # pylint: disable=import-outside-toplevel
   space = build(config.space)
-  fn = latency_table.cost_function({"kind": "table", "table": path}, space,
-                                   accelerator.build({}), (8, 8, 1), 10)
+  fn = latency_table.cost_function("table", path, space, accelerator.build({}), (8, 8, 1), 10)
   keep, skip = np.array([[0, 0, 0, 0, 0, 0]]), np.array([[0, 0, 0, 0, 0, 1]])
   ms = [e["ms"] for e in lut["entries"]]
   out = fn(np.concatenate([keep, skip]), np.zeros((1, 8), np.int32))
@@ -180,37 +180,70 @@ def test_resume_continues_without_repeating(trained, tmp_path):
   assert [p["index"] for p in resumed["points"]] == [0, 1, 2, 3]
   assert len({tuple(p["accelerator_dna"]) for p in resumed["points"]}) == 4
   changed = tiny_config(outer_budget=4)
-  changed.reward.latency_target_ms = 1.0
-  with pytest.raises(UserError, match=r"changed: reward.latency_target_ms"):
+  changed.hardware.target_latency_ms = 1.0
+  with pytest.raises(UserError, match=r"changed: hardware.target_latency_ms"):
     cosearch.run(changed, str(tmp_path / "a"), evaluator=ev)
 
 
 def test_infeasible_accelerators_never_recorded(trained, tmp_path):
   _, _, ev, _ = trained
   config = tiny_config(outer_controller="random", outer_budget=3)
-  config.accelerator.area_budget_mm2 = 0.5  # ~16% of the space fits
-  ev.accel_space = accelerator.build(config.accelerator.to_dict())
+  config.hardware.area_budget_mm2 = 0.5  # ~16% of the space fits
+  ev.accel_space = hardware_settings.read(config, "cosearch").accelerators
   try:
     res = cosearch.run(config, str(tmp_path / "w"), evaluator=ev)
     assert res["rejected"] > 0 and res["proposals"] == res["rejected"] + 3
     dnas = np.array([p["accelerator_dna"] for p in res["points"]])
     assert accelerator.feasible(ev.accel_space, dnas).all()
     assert all(p["area_mm2"] <= 0.5 for p in res["points"])
-    config.accelerator.area_budget_mm2 = 0.13  # ~0.03% fits
+    config.hardware.area_budget_mm2 = 0.13  # ~0.03% fits
     config.cosearch.max_proposals = 20
-    ev.accel_space = accelerator.build(config.accelerator.to_dict())
-    with pytest.raises(UserError, match="area_budget_mm2"):
+    ev.accel_space = hardware_settings.read(config, "cosearch").accelerators
+    with pytest.raises(UserError, match="raise --config.hardware.area_budget_mm2"):
       cosearch.run(config, str(tmp_path / "x"), evaluator=ev)
   finally:
-    ev.accel_space = accelerator.build(tiny_config().accelerator.to_dict())
+    ev.accel_space = hardware_settings.read(tiny_config(), "cosearch").accelerators
 
 
 def test_bad_config_fails_before_training(tmp_path):
   from oneshot.configs import digits  # pylint: disable=import-outside-toplevel
-  with pytest.raises(UserError, match="no accelerator/reward/cost_model/cosearch section"):
+  with pytest.raises(UserError, match="the config has no cosearch section"):
     cosearch.run(digits.get_config(), str(tmp_path / "w"))
+  one_device = tiny_config()
+  one_device.hardware.accelerator_choices = digits.get_config().hardware.accelerator_choices
+  with pytest.raises(UserError, match="a co-search searches accelerators, but "
+                                      "--config.hardware.accelerator_choices is empty"):
+    cosearch.run(one_device, str(tmp_path / "w"))
   config = tiny_config()
-  config.reward.kind = "pareto"
-  with pytest.raises(UserError, match="unknown reward kind"):
+  config.hardware.reward = "pareto"
+  with pytest.raises(UserError, match="unknown reward 'pareto'; set --config.hardware.reward"):
     cosearch.run(config, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("--config.hardware.accelerator_choices.rows=(0, 8)",
+     "--config.hardware.accelerator_choices.rows must be positive"),
+    ("--config.hardware.accelerator_choices.dataflow=('ws', 'rs')",
+     "unknown dataflow 'rs' in --config.hardware.accelerator_choices.dataflow"),
+    ("--config.hardware.accelerator.clock_mhz=0.0",
+     "--config.hardware.accelerator.clock_mhz must be positive"),
+    ("--config.hardware.area_budget_mm2=-1.0", "--config.hardware.area_budget_mm2 must be positive"),
+    ("--config.hardware.target_energy_mj=-1.0", "--config.hardware.target_energy_mj must be positive"),
+    ("--config.hardware.latency_weight=-1.0", "--config.hardware.latency_weight must be >= 0"),
+    ("--config.hardware.metric=speed", "set --config.hardware.metric to one of"),
+    ("--config.hardware.cost_model=table", "set --config.hardware.table to a lut.json"),
+])
+def test_bad_hardware_values_name_their_flag(override, needle, tmp_path, capsys):
+  """Every wrong value of the hardware section is one line naming its --config.hardware flag, before
+  anything is trained or written."""
+  from oneshot import cli  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "w"
+  argv = ["cosearch", "--config", os.path.join(REPO, "configs", "digits_cosearch.py"), "--workdir",
+          str(workdir), override]
+  if "metric" in override:
+    argv.append("--config.hardware.reward=tunas")
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and needle in err, err
+  assert not workdir.exists()

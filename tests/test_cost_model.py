@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from oneshot.errors import UserError
-from oneshot.hardware import cost_model, layers, rewards
+from oneshot.hardware import cost_model, layers, rewards, schema
 from oneshot.spaces import accelerator, mobilenet, nasbench201
 
 SMALL = dict(stem_filters=8, stem_stride=2, head_filters=0, stages=[(8, 1, 1), (16, 2, 2)],
@@ -203,9 +203,13 @@ def test_area_budget_constraint():
   dnas = np.stack([rng.integers(k, size=200) for k in space.num_choices], 1)
   assert list(accelerator.feasible(space, dnas)) == [space.is_valid(d) for d in dnas]
   assert accelerator.feasible(space, accelerator.sample(space, rng, 50)).all()
-  with pytest.raises(UserError, match="unknown dataflow"):
+  with pytest.raises(UserError, match="unknown dataflow 'rs' in accelerator.dataflow"):
     accelerator.build(dict(dataflow=("ws", "rs")))
+  with pytest.raises(UserError, match="accelerator has unknown field 'rowz'"):
+    accelerator.build(dict(rowz=(8,)))
   assert accelerator.build({}).constraint is None
+  # One value is one choice: a single device is a space with one point.
+  assert accelerator.build(dict(rows=16, dataflow="os")).num_choices[:1].tolist() == [1]
 
 
 def test_mobilenet_layer_table_shapes():
@@ -273,21 +277,34 @@ def test_rewards_by_hand():
   q = np.array([0.7, 0.8])
   costs = dict(latency_ms=np.array([5.0, 20.0]), energy_mj=np.array([1.0, 3.0]),
                area_mm2=np.array([4.0, 4.0]))
-  cfg = dict(latency_target_ms=10.0)
+  cfg = dict(target_latency_ms=10.0, beta=-0.1)
   assert rewards.reward("accuracy", q, costs).tolist() == [0.7, 0.8]
   # |5/10 - 1| = 0.5, |20/10 - 1| = 1.0, beta = -0.1
   assert np.allclose(rewards.reward("tunas", q, costs, cfg), [0.7 - 0.05, 0.8 - 0.1])
   assert np.allclose(rewards.reward("mnas", q, costs, cfg), [0.7 * 0.5 ** -0.07, 0.8 * 2.0 ** -0.07])
   assert np.allclose(rewards.reward("mnas", q, costs, {**cfg, "w": -0.5}), [0.7 * 2 ** 0.5,
                                                                            0.8 * 2 ** -0.5])
-  nahas = dict(latency_target_ms=10.0, energy_target_mj=2.0, energy_weight=0.5)
+  nahas = dict(target_latency_ms=10.0, target_energy_mj=2.0, energy_weight=0.5)
   # latency: max(0, 0.5-1)=0, max(0, 2-1)=1; energy: 0, 0.5 * (1.5-1) = 0.25
   assert np.allclose(rewards.reward("nahas", q, costs, nahas), [0.7, 0.8 - 1.0 - 0.25])
-  assert np.allclose(rewards.reward("tunas", q, costs, dict(metric="area", area_target_mm2=2.0)),
-                     [0.6, 0.7])
-  with pytest.raises(UserError, match="unknown reward kind"):
+  assert np.allclose(rewards.reward("tunas", q, costs, dict(metric="area", target_area_mm2=2.0,
+                                                            beta=-0.1)), [0.6, 0.7])
+  # A constant left out (or None) is the schema's default, the one the configs start from.
+  assert np.allclose(rewards.reward("tunas", q, costs, dict(target_latency_ms=10.0, beta=None)),
+                     q + schema.DEFAULTS["beta"] * np.array([0.5, 1.0]))
+  # A target of 0 is unset, as None is.
+  assert np.allclose(rewards.reward("nahas", q, costs, {**nahas, "target_area_mm2": 0.0}),
+                     [0.7, 0.8 - 1.0 - 0.25])
+  with pytest.raises(UserError, match="unknown reward 'pareto'"):
     rewards.reward("pareto", q, costs, cfg)
-  with pytest.raises(UserError, match="latency_target_ms"):
+  with pytest.raises(UserError, match="needs a latency target: set target_latency_ms"):
     rewards.reward("tunas", q, costs, {})
   with pytest.raises(UserError, match="at least one target"):
     rewards.reward("nahas", q, costs, {})
+  with pytest.raises(UserError, match="needs beta <= 0 .*; set beta to e.g. -0.1"):
+    rewards.reward("tunas", q, costs, {**cfg, "beta": 0.3})
+  with pytest.raises(UserError, match="target_latency_ms must be positive"):
+    rewards.reward("nahas", q, costs, {"target_latency_ms": -1.0})
+  # The co-search's earlier key names are refused with their new name, never silently unset.
+  with pytest.raises(UserError, match="'latency_target_ms'; it is now called 'target_latency_ms'"):
+    rewards.reward("tunas", q, costs, {"latency_target_ms": 10.0})

@@ -3,11 +3,14 @@
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
 from oneshot import cli, search, spaces
-from oneshot.hardware import rewards, target
+from oneshot.configs import common, digits_cosearch
+from oneshot.errors import UserError
+from oneshot.hardware import rewards, schema, settings, target
 from tests.conftest import REPO, tiny_config
 
 
@@ -24,7 +27,7 @@ def test_off_by_default_and_on_with_a_target_alone():
   config = tiny_config()
   assert target.build(config, spaces.build(config.space), (8, 8, 1), 10) is None
   _, _, on = _target()
-  assert on.kind == "tunas" and on.device == target.DEFAULT_ACCELERATOR
+  assert on.kind == "tunas" and on.device == schema.DEVICE
 
 
 def test_rewards_are_the_tunas_absolute_reward_of_the_modelled_latency():
@@ -37,24 +40,64 @@ def test_rewards_are_the_tunas_absolute_reward_of_the_modelled_latency():
   np.testing.assert_allclose(on.rewards(dnas, accuracy), expected)
   np.testing.assert_allclose(on.rewards(dnas, accuracy),
                              rewards.reward("tunas", accuracy, on.costs(dnas),
-                                            {"latency_target_ms": 0.05, "beta": config.hardware.beta}))
+                                            {"target_latency_ms": 0.05, "beta": config.hardware.beta}))
   _, _, mnas = _target(reward="mnas")
   np.testing.assert_allclose(mnas.rewards(dnas, accuracy), accuracy * (latency / 0.05) ** -0.07)
 
 
 @pytest.mark.parametrize("override, needle", [
-    ("--config.hardware.target_latency_ms=-1", "must be positive"),
-    ("--config.hardware.reward=fast", "unknown --config.hardware.reward 'fast'"),
-    ("--config.hardware.beta=0.3", "needs beta <= 0"),
-    ("--config.hardware.cost_model=magic", "unknown cost model 'magic'"),
+    ("--config.hardware.target_latency_ms=-1", "--config.hardware.target_latency_ms must be positive"),
+    ("--config.hardware.reward=fast", "unknown reward 'fast'; set --config.hardware.reward to one of"),
+    ("--config.hardware.beta=0.3", "needs beta <= 0 (a penalty); got 0.3; set --config.hardware.beta"),
+    ("--config.hardware.reward=mnas --config.hardware.w=0.1", "set --config.hardware.w to e.g. -0.07"),
+    ("--config.hardware.cost_model=magic",
+     "unknown cost model 'magic'; set --config.hardware.cost_model"),
+    ("--config.hardware.reward=nahas", "a latency-targeted search uses reward tunas or mnas"),
+    ("--config.hardware.metric=energy", "set --config.hardware.metric to latency"),
+    ("--config.hardware.accelerator.rows=0", "--config.hardware.accelerator.rows must be positive"),
 ])
 def test_bad_hardware_settings_are_one_line_and_write_nothing(override, needle, tmp_path, capsys):
   workdir = tmp_path / "w"
   code = cli.main(["search", "--config", os.path.join(REPO, "configs", "digits.py"), "--workdir",
-                   str(workdir), "--config.hardware.target_latency_ms=0.05", override])
+                   str(workdir), "--config.hardware.target_latency_ms=0.05", *override.split()])
   err = capsys.readouterr().err.strip()
   assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
   assert not workdir.exists()
+
+
+def test_latency_target_and_cosearch_read_one_defaults_object(monkeypatch):
+  """schema.DEFAULTS is where both uses get every value a config leaves out, and what configs/common.py
+  starts from: a change there reaches a latency target and a co-search alike."""
+  assert common.base_config().hardware.to_dict() == schema.DEFAULTS
+  monkeypatch.setitem(schema.DEFAULTS, "beta", -0.3)
+  monkeypatch.setitem(schema.DEFAULTS, "w", -0.2)
+  monkeypatch.setitem(schema.DEFAULTS, "accelerator", {**schema.DEFAULTS["accelerator"], "cols": 32})
+  config = tiny_config()
+  space = spaces.build(config.space)
+  bare = ml_collections.ConfigDict({"space": config.space.to_dict(),
+                                    "hardware": {"target_latency_ms": 0.05, "reward": "mnas"}})
+  on = target.build(bare, space, (8, 8, 1), 10)
+  cosearch = settings.read(ml_collections.ConfigDict(
+      {"hardware": {"accelerator_choices": {"rows": (8, 16)}, "reward": "tunas",
+                    "target_latency_ms": 0.05}}), "cosearch")
+  for hardware in (on.hardware, cosearch):
+    assert (hardware.reward.beta, hardware.reward.w) == (-0.3, -0.2)
+    assert hardware.accelerators.decisions[1].choices == (32,)  # cols: the device's value
+  assert on.device == {**schema.DEVICE, "cols": 32}
+  assert not hasattr(target, "DEFAULT_ACCELERATOR")  # no copy of the defaults left
+
+
+def test_a_cosearch_config_as_a_latency_target():
+  """The same section serves both: a search times the device (`accelerator`), never the co-search's
+  choices, and refuses the rewards only a co-search has."""
+  config = digits_cosearch.get_config()
+  space = spaces.build(config.space)
+  with pytest.raises(UserError, match="a latency-targeted search uses reward tunas or mnas; got "
+                                      "'nahas'; set --config.hardware.reward to tunas or mnas"):
+    target.build(config, space, (8, 8, 1), 10)
+  config.hardware.reward = "tunas"
+  on = target.build(config, space, (8, 8, 1), 10)
+  assert on.device == schema.DEVICE and on.target_ms == config.hardware.target_latency_ms
 
 
 def test_search_reports_the_answers_latency_only_with_a_target(tmp_path):

@@ -12,9 +12,9 @@ deployed), timed as the median of `--repeats` runs after one warm-up. The stem a
 conv, global pool, classifier; keyed by its input width) are entries too, so table latencies are whole
 networks. A skipped block is the identity and costs 0. Units: milliseconds per batch of `batch_size`.
 
-Config (`cost_model` section of a co-search config):
-  kind:  'analytical' (default; oneshot.hardware.cost_model) or 'table';
-  table: path of a lut.json written by this command (kind 'table' only).
+Config (the `hardware` section, oneshot/hardware/schema.py, read by the latency target and co-search):
+  cost_model: 'analytical' (default; oneshot.hardware.cost_model) or 'table';
+  table:      path of a lut.json written by this command (cost_model 'table' only).
 With 'table', latency comes from the table and does not depend on the accelerator (the device is
 fixed); energy and area stay analytical, so reward targets for latency must be in table units.
 """
@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from oneshot.errors import UserError
+from oneshot.hardware.schema import SettingError
 
 FORMAT = "oneshot-latency-table/1"
 KINDS = ("analytical", "table")
@@ -211,8 +212,8 @@ class LatencyTable:
   def __init__(self, lut: Mapping[str, Any], space, source: str = "the table"):
     from oneshot.spaces.mobilenet import stage_channels  # pylint: disable=import-outside-toplevel
     if space.name != "mobilenet":
-      raise UserError(f"a latency table prices mobilenet architectures, not {space.name!r}; set "
-                      "--config.cost_model.kind=analytical")
+      raise SettingError("cost_model", f"a latency table prices mobilenet architectures, not "
+                                       f"{space.name!r}; set {{flag}} to analytical")
     entries = lut.get("entries") if isinstance(lut, Mapping) else None
     if not isinstance(entries, list):
       raise UserError(f"{source} has no 'entries' list; regenerate it with `oneshot latency-table "
@@ -282,14 +283,15 @@ class LatencyTable:
 
 def load(path: str, space) -> LatencyTable:
   if not path:
-    raise UserError("cost_model.kind is 'table' but no table is given; set --config.cost_model.table "
-                    "to a lut.json from `oneshot latency-table --config C --out lut.json`")
+    raise SettingError("table", "cost model 'table' needs a table; set {flag} to a lut.json from "
+                                "`oneshot latency-table --config C --out lut.json`")
   try:
     with open(path) as f:
       lut = json.load(f)
   except OSError as e:
-    raise UserError(f"cannot read latency table {path}: {e.strerror}; make one with `oneshot "
-                    f"latency-table --config C --out {path}`") from None
+    raise SettingError("table", f"cannot read latency table {path}: {e.strerror}; make one with "
+                                f"`oneshot latency-table --config C --out {path}` or set {{flag}} to "
+                                "another file") from None
   except json.JSONDecodeError as e:
     raise UserError(f"latency table {path} is not valid JSON ({e.msg} at line {e.lineno}); "
                     "regenerate it with `oneshot latency-table`") from None
@@ -300,9 +302,17 @@ def load(path: str, space) -> LatencyTable:
 CostFn = Callable[[np.ndarray, np.ndarray], dict]
 
 
-def cost_function(cost_config: Mapping[str, Any] | None, space, accel_space,
+def check(kind: str) -> None:
+  """A known cost model (`hardware.cost_model`), or a SettingError."""
+  if kind not in KINDS:
+    raise SettingError("cost_model", f"unknown cost model {kind!r}; set {{flag}} to one of "
+                                     f"{list(KINDS)}")
+
+
+def cost_function(kind: str, table_path: str, space, accel_space,
                   image_shape: Sequence[int], num_classes: int) -> CostFn:
-  """(arch DNAs [N, D], accelerator DNAs [N or 1, D']) -> costs, per `cost_config` (see module doc).
+  """(arch DNAs [N, D], accelerator DNAs [N or 1, D']) -> costs with cost model `kind`, 'analytical'
+  or 'table' (then `table_path`'s lut.json gives latency; see the module docstring).
 
   The returned dict always has latency_ms, energy_mj and area_mm2 [N], whichever the kind, so rewards
   and co-search code never ask which one is in use.
@@ -310,12 +320,8 @@ def cost_function(cost_config: Mapping[str, Any] | None, space, accel_space,
   # pylint: disable=import-outside-toplevel
   from oneshot.hardware import cost_model, layers
   from oneshot.spaces import accelerator
-  cost_config = dict(cost_config or {})
-  kind = cost_config.get("kind") or "analytical"
-  if kind not in KINDS:
-    raise UserError(f"unknown cost model {kind!r}; set --config.cost_model.kind to one of "
-                    f"{list(KINDS)}")
-  table = load(cost_config.get("table") or "", space) if kind == "table" else None
+  check(kind)
+  table = load(table_path, space) if kind == "table" else None
   image_shape, num_classes = tuple(int(v) for v in image_shape), int(num_classes)
 
   def costs(dnas: np.ndarray, accel_dnas: np.ndarray) -> dict:

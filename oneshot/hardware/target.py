@@ -1,13 +1,14 @@
 """Latency-targeted search: the most accurate network at a latency on one fixed device (TuNAS's use).
 
-The config's `hardware` section (configs/common.py) is off until `target_latency_ms` is set. Then every
-reward the controller learns from, and every score that picks the final answer, is the accuracy Q folded
-with the modelled latency T of that architecture by `oneshot.hardware.rewards`:
+The config's `hardware` section (oneshot/hardware/schema.py, shared with `oneshot cosearch`) is off
+until `target_latency_ms` is set. Then every reward the controller learns from, and every score that
+picks the final answer, is the accuracy Q folded with the modelled latency T of that architecture by
+`oneshot.hardware.rewards`:
   tunas: Q + beta * |T/T0 - 1|  (TuNAS's absolute reward: over and under the target both cost),
   mnas:  Q * (T/T0)^w           (MnasNet's soft constraint).
 T comes from the same cost models `oneshot cosearch` uses (`latency_table.cost_function`): the analytical
 accelerator model for the configured device (`hardware.accelerator`), or a `oneshot latency-table` file
-measured on a real one (`hardware.cost_model='table'`, `hardware.table=lut.json`).
+measured on a real one (`hardware.cost_model='table'`, `hardware.table=lut.json`). `oneshot.hardware.settings.read` checks the section, once, for this use.
 """
 
 from __future__ import annotations
@@ -16,42 +17,28 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from oneshot.errors import UserError
-from oneshot.hardware import latency_table, rewards
-from oneshot.spaces import accelerator
+from oneshot.hardware import settings
 from oneshot.spaces.core import Space
-
-REWARDS = ("tunas", "mnas")
-# The device the analytical model times when no accelerator is configured: a small edge array.
-DEFAULT_ACCELERATOR = dict(rows=16, cols=16, ifmap_sram_kb=64, filter_sram_kb=64, ofmap_sram_kb=32,
-                           dataflow="ws", dram_gbps=16.0, clock_mhz=500.0)
 
 
 class LatencyTarget:
   """Hardware-aware rewards and the costs of single architectures, for one search space."""
 
-  def __init__(self, section: Mapping[str, Any], space: Space, image_shape, num_classes: int):
-    self.target_ms = float(section["target_latency_ms"])
-    if self.target_ms <= 0:
-      raise UserError(f"--config.hardware.target_latency_ms must be positive; got {self.target_ms}")
-    self.kind = section.get("reward") or "tunas"
-    if self.kind not in REWARDS:
-      raise UserError(f"unknown --config.hardware.reward {self.kind!r}; use one of {list(REWARDS)}")
-    self._reward_config = {"metric": "latency", "latency_target_ms": self.target_ms,
-                           "beta": section.get("beta"), "w": section.get("w")}
-    device = {**DEFAULT_ACCELERATOR, **dict(section.get("accelerator") or {})}
-    unknown = sorted(set(device) - set(accelerator.NAMES))
-    if unknown:
-      raise UserError(f"--config.hardware.accelerator has unknown field {unknown[0]!r}; use "
-                      f"{', '.join(accelerator.NAMES)}")
-    self.device = device
-    accel_space = accelerator.build({name: (value,) for name, value in device.items()})
-    self._accel = np.zeros((1, accel_space.num_decisions), np.int32)
-    self.cost_model = section.get("cost_model") or "analytical"
-    self._costs = latency_table.cost_function({"kind": self.cost_model,
-                                               "table": section.get("table") or ""},
-                                              space, accel_space, image_shape, num_classes)
-    self.rewards(np.zeros((1, space.num_decisions), np.int32), np.zeros(1))  # bad beta/w fail now
+  def __init__(self, hardware: settings.Hardware | Mapping[str, Any], space: Space, image_shape,
+               num_classes: int):
+    """`hardware`: the section as `settings.read(config, "search")` returns it, with its target set,
+    or the section's plain values (read here)."""
+    if not isinstance(hardware, settings.Hardware):
+      hardware = settings.read({"hardware": hardware}, "search")
+    if hardware.target_latency_ms is None:
+      raise ValueError("a LatencyTarget needs hardware.target_latency_ms; `build` returns None without")
+    self.hardware = hardware
+    self.target_ms = hardware.target_latency_ms
+    self.kind = hardware.reward.kind
+    self.device = hardware.device.to_values(np.zeros(hardware.device.num_decisions, np.int32))
+    self.cost_model = hardware.cost_model
+    self._accel = np.zeros((1, hardware.device.num_decisions), np.int32)  # its one point
+    self._costs = hardware.cost_function(space, hardware.device, image_shape, num_classes)
 
   def costs(self, dnas: np.ndarray) -> dict[str, np.ndarray]:
     """latency_ms, energy_mj, area_mm2 [N] of architectures [N, D] on the device."""
@@ -59,7 +46,7 @@ class LatencyTarget:
 
   def rewards(self, dnas: np.ndarray, accuracies: np.ndarray) -> np.ndarray:
     """[N] hardware-aware rewards of architectures [N, D] with accuracies [N]."""
-    return rewards.reward(self.kind, accuracies, self.costs(dnas), self._reward_config)
+    return self.hardware.reward(accuracies, self.costs(dnas))
 
   def expected_penalty(self, space: Space, samples: int = 4096, seed: int = 0):
     """A differentiable stand-in for the reward's latency term, for the gradient-based controllers
@@ -96,9 +83,7 @@ class LatencyTarget:
     for d, k in enumerate(space.num_choices):
       table[d, :k] = coef[offsets[d]:offsets[d] + k]
     table, bias = jnp.asarray(table), float(coef[-1])
-    beta = float(self._reward_config.get("beta") if self._reward_config.get("beta") is not None
-                 else -0.1)
-    w = float(self._reward_config.get("w") if self._reward_config.get("w") is not None else -0.07)
+    beta, w = self.hardware.reward.beta, self.hardware.reward.w
     target, kind = self.target_ms, self.kind
 
     def penalty(probabilities):
@@ -120,7 +105,7 @@ class LatencyTarget:
 
 def build(config, space: Space, image_shape, num_classes: int) -> LatencyTarget | None:
   """The config's latency target, or None when `hardware.target_latency_ms` is unset (accuracy only)."""
-  section = config.get("hardware")
-  if section is None or section.get("target_latency_ms") in (None, 0, 0.0):
+  hardware = settings.read(config, "search")
+  if hardware.target_latency_ms is None:
     return None
-  return LatencyTarget(section, space, image_shape, num_classes)
+  return LatencyTarget(hardware, space, image_shape, num_classes)
