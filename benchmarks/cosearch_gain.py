@@ -33,6 +33,7 @@ from absl import flags  # noqa: E402
 from oneshot import controllers  # noqa: E402
 from oneshot import configuration, cosearch, io  # noqa: E402
 from oneshot.errors import UserError  # noqa: E402
+from oneshot.hardware import settings as hardware_settings  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "digits_cosearch.py")
@@ -107,14 +108,16 @@ def main(argv) -> int:
           f"{time.time() - t0:.0f} s)", file=sys.stderr)
   report(rows, config)
   if fv.out:
-    io.write_json(fv.out, {"rows": rows, "reward": config.reward.to_dict(),
-                           "cost_model": config.cost_model.to_dict()})
+    io.write_json(fv.out, {"rows": rows,
+                           "reward": hardware_settings.read(config, "cosearch").reward.settings(),
+                           "cost_model": {"cost_model": config.hardware.cost_model,
+                                          "table": config.hardware.table}})
   return 0
 
 
 def report(rows: list[dict], config) -> None:
-  print(f"\nJoint vs. sequential co-search, {config.dataset.name}, reward {config.reward.kind}, "
-        f"cost model {config.cost_model.kind}, {len(rows)} seeds, "
+  print(f"\nJoint vs. sequential co-search, {config.dataset.name}, reward {config.hardware.reward}, "
+        f"cost model {config.hardware.cost_model}, {len(rows)} seeds, "
         f"{min(r['evaluations'] for r in rows)}-{max(r['evaluations'] for r in rows)} evaluations "
         "per method and seed (equal within a seed; mean over seeds):")
   print(f"  {'method':<34}" + "".join(f"{m:>12}" for m in METRICS))

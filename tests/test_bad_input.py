@@ -95,8 +95,9 @@ def test_impossible_tpu_accelerator(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("override,needles", [
-    ("--config.accelerator.rows=(0, 8)", ("--config.accelerator.rows must be positive",)),
-    ("--config.accelerator.dataflow=('ws', 'rs')", ("unknown dataflow 'rs'",)),
+    ("--config.hardware.accelerator_choices.rows=(0, 8)",
+     ("--config.hardware.accelerator_choices.rows must be positive",)),
+    ("--config.hardware.accelerator_choices.dataflow=('ws', 'rs')", ("unknown dataflow 'rs'",)),
 ])
 def test_impossible_hardware_accelerator(capsys, tmp_path, override, needles):
   """Checked before the supernet is trained. (An area budget no accelerator meets is only found while
