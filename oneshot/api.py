@@ -4,7 +4,8 @@
     config = api.get_config("digits")
     result = api.search(config, "workdirs/digits")
     child = api.export(result.workdir, "workdirs/digits-child")
-    model, variables = api.load(child.directory)
+    predictor = api.load(child.directory)  # also unpacks as (model, variables)
+    probabilities = predictor.predict(images)  # raw images, as the dataset stores them
 
 Every call writes the same files as its subcommand (`oneshot search`, `oneshot export`), resumes the same
 way, and raises `oneshot.UserError` (one line naming the problem and the fix) where the CLI would print
@@ -26,9 +27,10 @@ from oneshot import trust as trust_lib
 from oneshot.arrays import Arrays
 from oneshot.configuration import CONFIGS_DIR as _CONFIGS_DIR
 from oneshot.errors import UserError
+from oneshot.serving import Predictor
 
-__all__ = ["Arrays", "ExportResult", "SearchResult", "export", "get_config", "load", "search",
-           "supernet_logits"]
+__all__ = ["Arrays", "ExportResult", "Predictor", "SearchResult", "export", "get_config", "load",
+           "search", "supernet_logits"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +49,14 @@ class SearchResult:
 
 @dataclasses.dataclass(frozen=True)
 class ExportResult:
-  """An exported child: a standalone Flax model (`load(directory)`) with an orbax checkpoint."""
+  """An exported child: a standalone Flax model (`load(directory)`) with an orbax checkpoint, the
+  serialized artifact (jax alone) and its model card."""
   directory: str
   architecture: str
   num_params: int
   validation_accuracy: float        # stand-alone, after recalibrating BatchNorm on train batches
   record: dict                      # architecture.json as written
+  artifact: str | None = None       # model.jax_export's path, None if the model could not be lowered
 
 
 def get_config(name: str = "digits", **overrides: Any) -> ml_collections.ConfigDict:
@@ -121,20 +125,25 @@ def export(workdir: str, out: str, *, dna: str | None = None, recalibrate_batche
   from oneshot import export as export_lib  # pylint: disable=import-outside-toplevel
   with arrays_lib.serving(data), nas.serving(model), trust_lib.scope(trust):
     record = export_lib.export(workdir, out, dna_text=dna, recalibrate_batches=recalibrate_batches)
-  return ExportResult(directory=os.fspath(io.as_path(out)), architecture=record["string"],
+  directory = io.as_path(out)
+  return ExportResult(directory=os.fspath(directory), architecture=record["string"],
                       num_params=int(record["num_params"]),
                       validation_accuracy=float(record["validation_accuracy"]["recalibrated"]),
-                      record=record)
+                      record=record,
+                      artifact=os.fspath(directory / record["artifact"]) if record["artifact"] else None)
 
 
-def load(directory: str, model: Any = None, trust: Sequence[str] = ()) -> tuple[Any, dict]:
-  """(model, variables) of an export: `model.apply(variables, images, train=False)` gives logits.
+def load(directory: str, model: Any = None, trust: Sequence[str] = ()) -> Predictor:
+  """An export, ready for raw images: `load(d).predict(images)` gives probabilities [n, classes] for
+  images as the dataset stores them (uint8 [n, H, W, C]; architecture.json's `preprocessing` says the
+  scale), `.class_names` names the classes. It unpacks as `(model, variables)` too:
+  `model.apply(variables, normalised_images, train=False)` gives logits.
   `model`: an instance of your module, for an export of your own search space. Without it the module
   architecture.json names is imported only if `trust` lists it (importing runs the module's code, and
   the folder may come from anyone); a class defined in a script cannot be imported at all."""
   from oneshot import child as child_lib  # pylint: disable=import-outside-toplevel
   with trust_lib.scope(trust):
-    return child_lib.load(directory, model)
+    return child_lib.load_predictor(directory, model)
 
 
 def supernet_logits(workdir: str, images: Any, dna: Any = None, *, data: Arrays | None = None,

@@ -4,6 +4,9 @@ An export directory is self-contained: `architecture.json` names the child model
 skeleton, decision values, classes, image shape) and `checkpoint/` holds exactly the child's variables,
 sliced out of the supernet. `load(directory)` rebuilds the model from those two alone, importing only
 `oneshot.models` (never the supernet, search or controller code), so a deployment needs none of it.
+Since format 2 the folder also holds the input's preprocessing (architecture.json's `preprocessing`), a
+serialized artifact that runs with jax alone (`model.jax_export`) and a model card (`README.md`):
+oneshot/serving.py. `load_predictor` returns a `serving.Predictor` (raw images -> probabilities).
 `oneshot export` writes the folder; search, rank, the band builder and `oneshot train` use this module's
 `ChildRunner` and `recalibrated_child` to score a child exactly as it is exported, so no command imports
 another command for it.
@@ -21,19 +24,23 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 from typing import Any, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
-from oneshot import io
+from oneshot import io, serving
 from oneshot.errors import UserError
+from oneshot.serving import ARTIFACT_FILE
 
 ARCHITECTURE_FILE = "architecture.json"
 CHECKPOINT_DIR = "checkpoint"
-FORMAT_VERSION = 1
+CARD_FILE = "README.md"
+# 1: model + checkpoint. 2: + preprocessing, cost, the artifact and the model card. Every version up
+# to this one is read; a newer one is refused with both numbers (its fields may mean something else).
+FORMAT_VERSION = 2
 # space name -> (module, class) of its standalone child; looked up by name so a JSON file never chooses
 # what gets imported.
 CHILD_MODELS = {"mobilenet": ("oneshot.models.mobilenet", "MobileNet"),
@@ -63,6 +70,10 @@ def read_architecture(directory: io.PathLike) -> dict:
     record = json.loads(path.read_text())
   except (OSError, ValueError) as e:
     raise UserError(f"cannot read {path} ({io.first_line(e)[:120]}); re-run `oneshot export`") from None
+  version = record.get("format_version") if isinstance(record, dict) else None
+  if _is_int(version) and version > FORMAT_VERSION:
+    raise UserError(f"{path} is export format version {version}, newer than this oneshot reads "
+                    f"(format version {FORMAT_VERSION}); upgrade oneshot, or re-export with this one")
   problem = _architecture_problem(record)
   if problem:
     raise UserError(f"{path} is not an export this version reads: {problem}; re-run `oneshot export`")
@@ -79,7 +90,7 @@ def _architecture_problem(record: Any) -> str | None:
     return f"it holds a JSON {type(record).__name__}, not an object"
   number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
   checks = {
-      "format_version": lambda v: v == FORMAT_VERSION,
+      "format_version": lambda v: _is_int(v, 1) and v <= FORMAT_VERSION,
       "space": lambda v: v in CHILD_MODELS,
       "architecture": lambda v: isinstance(v, dict),
       "dna": lambda v: isinstance(v, list) and all(_is_int(d) for d in v),
@@ -108,6 +119,28 @@ def _architecture_problem(record: Any) -> str | None:
     if not isinstance(sk.get("module"), str) or not (sk.get("kwargs") is None or
                                                      isinstance(sk.get("kwargs"), dict)):
       return f"'skeleton' is {_short(sk)}, not {{'module': 'pkg.mod:Class', 'kwargs': {{...}}}}"
+  return _format2_problem(record)
+
+
+def _format2_problem(record: dict) -> str | None:
+  """The fields format 2 added: required in a record of format 2, absent from format 1 (such an export
+  loads; it cannot predict)."""
+  if record["format_version"] >= 2:
+    for key in ("preprocessing", "cost", "artifact"):
+      if key not in record:
+        return f"{key!r} is missing"
+  if "preprocessing" in record:
+    try:
+      prep = serving.Preprocessing.from_json(record["preprocessing"], record["num_classes"])
+    except ValueError as e:
+      return f"'preprocessing': {e}"
+    if list(prep.shape) != record["image_shape"]:
+      return f"'preprocessing' takes images {list(prep.shape)}, 'image_shape' is {record['image_shape']}"
+  # Like `checkpoint`: a plain name inside the folder, or None when no artifact was written.
+  if record.get("artifact", None) not in (None, ARTIFACT_FILE):
+    return f"'artifact' is {_short(record['artifact'])}"
+  if not isinstance(record.get("cost", {}), dict):
+    return f"'cost' is {_short(record['cost'])}"
   return None
 
 
@@ -158,6 +191,27 @@ def init_shapes(model: Any, image_shape: Sequence[int]) -> dict:
 def load(directory: io.PathLike, model: Any = None) -> tuple[Any, dict]:
   """(model, variables) of an export: `model.apply(variables, images, train=False)` gives logits.
   `model`: for an export of your own module, an instance of it (default: imported by its name)."""
+  model, variables, _ = _load(directory, model)
+  return model, variables
+
+
+def load_predictor(directory: io.PathLike, model: Any = None) -> serving.Predictor:
+  """The export as a `serving.Predictor`: `.predict(raw images)` -> probabilities, and it unpacks as
+  `(model, variables)`. An export written before preprocessing was recorded loads with one warning
+  line on stderr (its predictor's `predict` asks for a re-export)."""
+  model, variables, record = _load(directory, model)
+  prep = None
+  if "preprocessing" in record:
+    prep = serving.Preprocessing.from_json(record["preprocessing"], record["num_classes"])
+  else:
+    print(f"oneshot: warning: {directory} records no input preprocessing (export format "
+          f"{record['format_version']}): model and variables load, predict needs a re-export with "
+          "`oneshot export`", file=sys.stderr)
+  return serving.Predictor(model, variables, prep, record, os.fspath(directory))
+
+
+def _load(directory: io.PathLike, model: Any) -> tuple[Any, dict, dict]:
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel  # the artifact needs none
   record = read_architecture(directory)
   model, abstract = _built(record, model, directory)
   path = io.as_path(directory) / CHECKPOINT_DIR
@@ -170,7 +224,7 @@ def load(directory: io.PathLike, model: Any = None) -> tuple[Any, dict]:
     first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
     raise UserError(f"the checkpoint in {directory} does not match its {ARCHITECTURE_FILE} "
                     f"({first}); re-run `oneshot export`") from None
-  return model, dict(variables)
+  return model, dict(variables), record
 
 
 def count_params(tree: Any) -> int:

@@ -106,6 +106,10 @@ def test_search_on_numpy_arrays_resumes_exactly_and_exports(tmp_path, capsys):
   assert not (tmp_path / "cli-child").exists()
   child = api.export(straight.workdir, str(tmp_path / "child"), data=data, recalibrate_batches=2)
   assert child.architecture == straight.architecture and 0 <= child.validation_accuracy <= 1
+  prep = child.record["preprocessing"]  # uint8 arrays: 0..255, and the class indices as names
+  assert prep["scale"] == 255.0 and prep["class_names"] == [str(i) for i in range(10)]
+  images = data.validation[0][:5, ..., None]
+  assert api.load(child.directory).predict(images).shape == (5, 10) and child.artifact
 
 
 @pytest.mark.parametrize("bad, needle", [

@@ -116,7 +116,8 @@ def test_export_holds_exactly_the_child(searched):
     assert key in record
   for value in record["validation_accuracy"].values():
     assert 0.0 <= value <= 1.0
-  assert sorted(os.listdir(searched.out)) == ["architecture.json", "checkpoint"]
+  assert sorted(os.listdir(searched.out)) == ["README.md", "architecture.json", "checkpoint",
+                                              "model.jax_export"]
 
 
 def test_recalibration_gives_the_exact_statistics(mobilenet):

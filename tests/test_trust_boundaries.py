@@ -121,7 +121,7 @@ def _module_export(tmp_path, module: str) -> str:
       "import flax.linen as nn\nclass Net(nn.Module):\n  @nn.compact\n"
       "  def __call__(self, x, train=True):\n    return nn.Dense(10)(x.reshape(len(x), -1))\n")
   record = {"space": "module", "architecture": {"op": 0}, "dna": [0], "string": "op=0",
-            "format_version": child_lib.FORMAT_VERSION, "model": ["oneshot.nas", "FixedArchitecture"],
+            "format_version": 1, "model": ["oneshot.nas", "FixedArchitecture"],
             "skeleton": {"module": module, "kwargs": {}, "input_shape": [8, 8, 1]},
             "num_classes": 10, "image_shape": [8, 8, 1], "dataset": "digits", "dataset_config": {},
             "num_params": 1, "recalibrate_batches": 1, "recalibrate_batch_size": 16,
