@@ -12,7 +12,8 @@ from oneshot.errors import UserError
 # command -> (module with `main(argv) -> int`, one-line description)
 COMMANDS = {
     "search": ("oneshot.search", "train a supernet and search it (resumes an existing workdir)"),
-    "export": ("oneshot.export", "write a searched subnet as a standalone Flax model + checkpoint"),
+    "export": ("oneshot.export", "write a searched subnet as a model + checkpoint + jax.export artifact"),
+    "predict": ("oneshot.predict", "classify images (.npy or a folder of PNG/JPEG) with an export"),
     "train": ("oneshot.train", "train an exported subnet stand-alone"),
     "rank": ("oneshot.rank", "rank correlation of supernet scores vs stand-alone training"),
     "tabular": ("oneshot.tabular", "run controllers against a tabular benchmark"),
