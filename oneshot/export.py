@@ -177,11 +177,15 @@ def summary(record: dict) -> list[str]:
           f"FLOPs                {flops}",
           f"modelled latency     {latency}",
           f"validation accuracy  {acc['recalibrated']:.4f} stand-alone (BatchNorm recalibrated on "
-          f"{record['recalibrate_batches']} train batches); {acc['supernet_batch_stats']:.4f} on the "
+          f"{_batches(record['recalibrate_batches'])}); {acc['supernet_batch_stats']:.4f} on the "
           "supernet path",
           f"input                {serving.Preprocessing.from_json(prep, len(names)).describe()}",
           f"classes              {', '.join(names[:10])}{', ...' if len(names) > 10 else ''} "
           f"({len(names)})"]
+
+
+def _batches(n: int) -> str:
+  return f"{n} train batch" + ("" if n == 1 else "es")
 
 
 def card(record: dict) -> str:
