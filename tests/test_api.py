@@ -39,6 +39,7 @@ def test_readme_api_script_runs_as_printed(tmp_path):
   assert "WARNING" not in proc.stderr  # orbax's read-only notices are not shown
 
 
+@pytest.mark.slow
 def test_search_and_export_results_match_their_files(tmp_path):
   result = api.search(tiny_config(num_steps=4, checkpoint_every=4, log_every=2), str(tmp_path / "w"))
   with open(result.files["search_result.json"]) as f:
@@ -67,6 +68,7 @@ def test_get_config_bad_name_is_one_line(name, needle):
   assert "\n" not in str(info.value) and "digits" in str(info.value)
 
 
+@pytest.mark.slow
 def test_importing_oneshot_stays_light():
   """The CLI reports bad input before jax loads; the API must not change that."""
   out = subprocess.run([sys.executable, "-c", "import sys, oneshot; print('jax' in sys.modules)"],
@@ -85,6 +87,7 @@ def _digit_arrays(offset: int = 0) -> api.Arrays:
                     test=(images[1500:], labels[1500:]))
 
 
+@pytest.mark.slow
 def test_search_on_numpy_arrays_resumes_exactly_and_exports(tmp_path, capsys):
   """Your own data: a stopped-and-resumed search on arrays equals the straight one; other arrays, or a
   CLI command that cannot have the arrays, are one line."""
@@ -127,6 +130,7 @@ def test_bad_arrays_are_one_line(bad, needle, tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_docs_controller_example_runs_as_printed():
   """docs/python.md's ask/tell example (controllers on any reward) finds the toy optimum."""
   with open(os.path.join(REPO, "docs", "python.md")) as f:

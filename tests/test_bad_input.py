@@ -232,6 +232,7 @@ gc.collect()
 
 
 @pytest.mark.parametrize("mode", ["quiet", "default"])
+@pytest.mark.slow
 def test_tasks_that_died_of_a_failed_write_are_not_logged_after_the_error_line(mode):
   """A full disk fails many orbax write tasks; asyncio logs each one the checkpoint error did not
   retrieve whenever the garbage collector reaches it (even at exit), with a traceback. Only those
@@ -271,6 +272,7 @@ def test_full_workdir_at_the_second_checkpoint(tmp_path):
   assert restored is not None and int(restored[1]["step"]) == 2
 
 
+@pytest.mark.slow
 def test_full_workdir_at_the_first_write(tmp_path, tiny_file):
   workdir = tmp_path / "w"
   code, stderr = _run_with_file_size_limit(["search", "--config", tiny_file, "--workdir",
@@ -318,6 +320,7 @@ VALUES = st.one_of(
 @settings(max_examples=80, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(FIELDS), VALUES), min_size=1, max_size=3))
+@pytest.mark.slow
 def test_random_overrides_never_produce_a_traceback(capsys, monkeypatch, tmp_path, tiny_file,
                                                    overrides):
   """Any exception other than UserError escapes `cli.main` with its traceback and fails this test.

@@ -23,6 +23,7 @@ def _setup(num_steps: int = 3):
   return config, space, costs, target
 
 
+@pytest.mark.slow
 def test_band_sample_is_inside_the_band_distinct_canonical_and_deterministic():
   _, space, costs, target = _setup()
   archs = bands.band_architectures(space, costs, target, 0.03, 12, seed=5)
@@ -66,6 +67,7 @@ def test_plan_keeps_the_seeds_of_an_architecture_together_and_short_lengths_firs
   assert jobs[0].dna == jobs[1].dna != jobs[4].dna
 
 
+@pytest.mark.slow
 def test_builder_resumes_and_reproduces_its_rows(tmp_path):
   config, space, costs, target = _setup()
   jobs = bands.plan(space, costs, [target], 0.03, 1, seeds=[0, 1], steps=[3], sample_seed=0)
@@ -150,6 +152,7 @@ def _synthetic_table(path, archs, costs, rng):
                          "test_loss": 1.0, "train_seconds": 1.0})
 
 
+@pytest.mark.slow
 def test_rank_table_scores_every_band(tmp_path, capsys):
   config, space, costs, target = _setup()
   low = bands.band_architectures(space, costs, target, 0.03, 4, seed=0)

@@ -115,6 +115,7 @@ def test_export_and_load_through_the_bucket(bucket_run, tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == ["export"]
 
 
+@pytest.mark.slow
 def test_unreachable_bucket_is_one_line_exit_2_and_nothing_local(tmp_path):
   root, cwd = tmp_path / "bucket-root", tmp_path / "cwd"
   root.mkdir()

@@ -37,6 +37,7 @@ def _train(controller, state, steps: int, batch: int, seed: int = 0):
 
 
 @pytest.mark.parametrize("name", ["random", "tunas", "enas", "evolution"])
+@pytest.mark.slow
 def test_checkpoint_round_trip_keeps_proposals(name, tmp_path):
   controller = controllers.build(name, MIXED, CONFIGS[name])
   state = controller.init(jax.random.PRNGKey(0))
@@ -104,6 +105,7 @@ def test_enas_concentrates_on_rewarded_choice():
   assert set(metrics) == {"reward", "baseline", "entropy", "controller_loss"}
 
 
+@pytest.mark.slow
 def test_enas_sampled_log_probs_match_its_log_prob_and_normalize():
   controller = EnasController(MIXED, CONFIGS["enas"])
   state = controller.init(jax.random.PRNGKey(3))
@@ -115,6 +117,7 @@ def test_enas_sampled_log_probs_match_its_log_prob_and_normalize():
   np.testing.assert_allclose(np.exp(controller.log_probs(state, every)).sum(), 1.0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_enas_logits_are_bounded_by_tanh_constant():
   controller = EnasController(MIXED, {"hidden_size": 16, "tanh_constant": 1.0, "learning_rate": 0.1})
   state = controller.init(jax.random.PRNGKey(0))
@@ -214,6 +217,7 @@ def test_tunas_log_prob_ignores_choices_of_a_skipped_block():
   assert not np.array_equal(after[kernel0], before[kernel0])
 
 
+@pytest.mark.slow
 def test_enas_log_prob_is_the_full_probability_of_what_it_sampled():
   """ENAS's LSTM samples a block's kernel and expansion before its skip decision and feeds them on, so
   REINFORCE needs the log-probability of every token it sampled: over all DNAs of the space (a
@@ -236,6 +240,7 @@ def test_enas_log_prob_is_the_full_probability_of_what_it_sampled():
 
 
 @pytest.mark.parametrize("name", ["tunas", "enas"])
+@pytest.mark.slow
 def test_rank_advantage_is_scale_free_and_takes_batches(name):
   """advantage="rank": rewards x100 (+ an outlier's size) change nothing; several rewards per call."""
   config = {**CONFIGS[name], "advantage": "rank", "rank_window": 8, "warmup_fraction": 0.0}
@@ -335,6 +340,7 @@ def test_sandwich_extremes_are_the_largest_and_smallest_networks():
 
 
 @pytest.mark.parametrize("devices", [1, 2, 4, 8])
+@pytest.mark.slow
 def test_sandwich_gives_largest_and_smallest_one_path_in_four_each(devices):
   from oneshot.controllers.random import SandwichSampler  # pylint: disable=import-outside-toplevel
   space, size = _sized_space()
@@ -387,6 +393,7 @@ def test_evolution_initial_population_is_random_even_when_training_paths_share_t
   assert mutated_at and min(mutated_at) >= 4, mutated_at  # mutants only once P rewards are in
 
 
+@pytest.mark.slow
 def test_tunas_released_learning_rate_leaves_a_short_search_near_uniform():
   """Why TuNAS's default lr is this project's 0.05, not the released 0.0003 x batch/256 grown 10x: at
   this project's batches and ~1,500 controller updates the released rate hardly moves the policy on a

@@ -137,6 +137,7 @@ def test_latency_table_measure_and_table_cost_model(tmp_path):
   assert out["energy_mj"].shape == (2,) and out["area_mm2"].shape == (2,)
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_results(trained, capsys, tmp_path):
   config, workdir, ev, res = trained
   paths = -(-4 // ev.session.num_devices) * ev.session.num_devices  # rounded up to the devices
@@ -165,6 +166,7 @@ def test_end_to_end_writes_results(trained, capsys, tmp_path):
   assert os.path.exists(os.path.join(workdir, "pareto.png"))
 
 
+@pytest.mark.slow
 def test_resume_continues_without_repeating(trained, tmp_path):
   config, _, ev, _ = trained
   big = tiny_config(outer_budget=4)
@@ -185,6 +187,7 @@ def test_resume_continues_without_repeating(trained, tmp_path):
     cosearch.run(changed, str(tmp_path / "a"), evaluator=ev)
 
 
+@pytest.mark.slow
 def test_infeasible_accelerators_never_recorded(trained, tmp_path):
   _, _, ev, _ = trained
   config = tiny_config(outer_controller="random", outer_budget=3)

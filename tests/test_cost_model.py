@@ -135,6 +135,7 @@ def test_reference_cases_cover_every_dataflow_kind_and_regime():
   assert any(c["layer"]["stride"] > c["layer"]["R"] for c in cases)  # a strided 1x1
 
 
+@pytest.mark.slow
 def test_dram_benchmark_without_scalesim_is_one_line_exit_0():
   """benchmarks/scalesim_dram.py needs the `.[scalesim]` extra; hidden here, it prints one line."""
   script = pathlib.Path(__file__).parents[1] / "benchmarks" / "scalesim_dram.py"

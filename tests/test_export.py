@@ -88,6 +88,7 @@ def _count(tree) -> int:
   return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
 
 
+@pytest.mark.slow
 def test_loaded_child_equals_the_supernet_path(searched):
   model, variables = child_lib.load(searched.out)
   dna = searched.record["dna"]
@@ -102,6 +103,7 @@ def test_loaded_child_equals_the_supernet_path(searched):
   assert any(float(np.abs(np.asarray(s)).max()) not in (0.0, 1.0) for s in stats)
 
 
+@pytest.mark.slow
 def test_export_holds_exactly_the_child(searched):
   record, space = searched.record, searched.space
   _, variables = child_lib.load(searched.out)
@@ -120,6 +122,7 @@ def test_export_holds_exactly_the_child(searched):
                                               "model.jax_export"]
 
 
+@pytest.mark.slow
 def test_recalibration_gives_the_exact_statistics(mobilenet):
   s = mobilenet
   model, variables = child_lib.load(s.out)
@@ -142,6 +145,7 @@ def test_recalibration_gives_the_exact_statistics(mobilenet):
                              atol=1e-5)
 
 
+@pytest.mark.slow
 def test_load_needs_no_supernet_or_search_code(mobilenet):
   code = ("import sys, jax.numpy as jnp\n"
           "from oneshot import child\n"
@@ -165,6 +169,7 @@ def _fails_cleanly(argv, out, capsys, needle):
   assert not [n for n in os.listdir(os.path.dirname(out)) if n.startswith(".tmp-")]
 
 
+@pytest.mark.slow
 def test_bad_export_input_is_one_line_and_writes_nothing(mobilenet, tmp_path, capsys):
   out = str(tmp_path / "out")
   _fails_cleanly(["export", "--workdir", str(tmp_path / "nope"), "--out", out], out, capsys,
@@ -191,6 +196,7 @@ def test_bad_export_input_is_one_line_and_writes_nothing(mobilenet, tmp_path, ca
   assert os.listdir(busy) == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_export_replaces_an_earlier_export(mobilenet, tmp_path, capsys):
   out = tmp_path / "again"
   shutil.copytree(mobilenet.out, out)
@@ -210,6 +216,7 @@ def _final_state(workdir):
   return mngr.restore(max(mngr.all_steps()), args=ocp.args.StandardRestore())
 
 
+@pytest.mark.slow
 def test_train_resumes_exactly(mobilenet, tmp_path, capsys):
   from oneshot import train  # pylint: disable=import-outside-toplevel
   straight = str(tmp_path / "straight")
@@ -235,6 +242,7 @@ def test_train_resumes_exactly(mobilenet, tmp_path, capsys):
     train.run(config, mobilenet.out, resumed, init_from_export=True)
 
 
+@pytest.mark.slow
 def test_train_fine_tunes_from_the_export(mobilenet, tmp_path):
   workdir = tmp_path / "fine"
   assert cli.main(["train", "--arch", mobilenet.out, "--workdir", str(workdir), "--init-from-export",
@@ -248,6 +256,7 @@ def test_train_fine_tunes_from_the_export(mobilenet, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_standalone_training_through_the_supernet_is_the_childs(mobilenet):
   """rank's shortcut: S steps of the supernet on one path train exactly the child, from the child's
   own initialisation distribution."""
@@ -280,6 +289,7 @@ def test_standalone_training_through_the_supernet_is_the_childs(mobilenet):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_rank_writes_the_report(mobilenet, tmp_path, capsys):
   out = tmp_path / "r" / "rank.json"
   assert cli.main(["rank", "--workdir", mobilenet.workdir, "--num-archs", "3", "--out", str(out),
@@ -319,6 +329,7 @@ def test_rank_writes_the_report(mobilenet, tmp_path, capsys):
                   "--reuse", str(out)], str(tmp_path / "y.json"), capsys, "stand-alone setup")
 
 
+@pytest.mark.slow
 def test_sample_is_balanced_and_distinct(mobilenet):
   from oneshot import rank  # pylint: disable=import-outside-toplevel
   space = mobilenet.space
@@ -344,6 +355,7 @@ def test_rank_statistics():
   assert rank.search_percentile(archs) == pytest.approx(100 * 2.5 / 4)
 
 
+@pytest.mark.slow
 def test_rank_uncertainty_separates_a_clear_margin_from_noise():
   from oneshot import rank  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)

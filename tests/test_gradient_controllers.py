@@ -27,6 +27,7 @@ def test_darts_is_the_softmax_of_the_logits():
   np.testing.assert_allclose(w[0, :3], jax.nn.softmax(alpha[0, :3]), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_gdas_is_one_hot_forward_with_the_tempered_softmax_gradient():
   c = _controller("gdas")
   assert float(c.temperature(0)) == 10.0 and abs(float(c.temperature(99)) - 0.1) < 1e-6
@@ -46,6 +47,7 @@ def test_gdas_is_one_hot_forward_with_the_tempered_softmax_gradient():
   assert int(jnp.argmax(w[0])) == int(jnp.argmax(logits[0]))
 
 
+@pytest.mark.slow
 def test_proxyless_opens_one_of_two_sampled_gates_and_only_they_learn():
   c = _controller("proxyless")
   alpha = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
@@ -108,6 +110,7 @@ def _module_space():
 
 
 @pytest.mark.parametrize("space_name", ["mobilenet", "nasbench201", "module"])
+@pytest.mark.slow
 def test_one_hot_choice_weights_run_the_child_and_reach_the_chosen_logit(space_name):
   """Straight-through choice weights (one-hot in value) give the int DNA's logits under both executors;
   under `switch` the gradient reaches the chosen candidate's weight, and equals `mask`'s there."""
@@ -149,6 +152,7 @@ def _zero_vs_relu_search(tmp_path, name, steps=30):
 
 
 @pytest.mark.parametrize("name", ["darts", "gdas", "proxyless"])
+@pytest.mark.slow
 def test_architecture_step_moves_away_from_a_zero_op(tmp_path, name):
   """A choice between ReLU, a conv and multiplying by zero: the validation gradient must make 'zero'
   the least likely op (its output carries no information about the label)."""
@@ -159,6 +163,7 @@ def test_architecture_step_moves_away_from_a_zero_op(tmp_path, name):
     assert '"arch_accuracy"' in f.read()
 
 
+@pytest.mark.slow
 def test_gradient_controller_resumes_exactly(tmp_path):
   config = tiny_config(num_steps=6, checkpoint_every=3, log_every=2)
   config.controller.name = "gdas"
@@ -179,6 +184,7 @@ def test_mixing_controllers_refuse_the_switch_executor_and_rewards_only_commands
   assert "gdas" not in controllers.reward_based() and "tunas" in controllers.reward_based()
 
 
+@pytest.mark.slow
 def test_one_device_search_writes_the_usual_files(tmp_path):
   config = tiny_config(num_steps=4, checkpoint_every=4, log_every=2)
   config.controller.name = "proxyless"
@@ -191,6 +197,7 @@ def test_one_device_search_writes_the_usual_files(tmp_path):
     assert (tmp_path / name).exists(), name
 
 
+@pytest.mark.slow
 def test_gradient_controllers_answer_argmax_alpha_with_the_rescored_pick_beside(tmp_path):
   """DARTS, GDAS and ProxylessNAS answer the argmax of their logits, as their papers do; the generic
   rule's pick (the best rescored finalist) is reported beside it, and `controller.answer="rescored"`

@@ -56,6 +56,7 @@ def test_rewards_are_the_tunas_absolute_reward_of_the_modelled_latency():
     ("--config.hardware.metric=energy", "set --config.hardware.metric to latency"),
     ("--config.hardware.accelerator.rows=0", "--config.hardware.accelerator.rows must be positive"),
 ])
+@pytest.mark.slow
 def test_bad_hardware_settings_are_one_line_and_write_nothing(override, needle, tmp_path, capsys):
   workdir = tmp_path / "w"
   code = cli.main(["search", "--config", os.path.join(REPO, "configs", "digits.py"), "--workdir",
@@ -100,6 +101,7 @@ def test_a_cosearch_config_as_a_latency_target():
   assert on.device == schema.DEVICE and on.target_ms == config.hardware.target_latency_ms
 
 
+@pytest.mark.slow
 def test_search_reports_the_answers_latency_only_with_a_target(tmp_path):
   config = tiny_config(num_steps=4, checkpoint_every=4)
   plain = search.run(config, str(tmp_path / "plain"))
@@ -125,6 +127,7 @@ def test_the_default_digits_search_answers_within_10_percent_of_the_target(tmp_p
   assert saved["reward"] >= 0.85
 
 
+@pytest.mark.slow
 def test_expected_latency_penalty_for_gradient_controllers():
   """The additive latency fit behind ProxylessNAS-style penalties: close to the cost model on held-out
   architectures, exact in expectation for that fit, and its gradient favours faster choices when the

@@ -56,6 +56,7 @@ def _count(tree) -> int:
 
 
 @pytest.mark.parametrize("executor", ["switch", "mask"])
+@pytest.mark.slow
 def test_supernet_logits_match_child(executor):
   model, variables, apply = _supernet(executor)
   x = _images()
@@ -68,6 +69,7 @@ def test_supernet_logits_match_child(executor):
   del model
 
 
+@pytest.mark.slow
 def test_child_variables_are_the_child_tree():
   _, variables, _ = _supernet("mask")
   total = _count(variables["params"])
@@ -92,6 +94,7 @@ def _loss(logits):
   return optax.softmax_cross_entropy_with_integer_labels(logits, _labels()).mean()
 
 
+@pytest.mark.slow
 def test_switch_gradient_matches_child():
   model, variables, _ = _supernet("switch")
   dna = (2, 1, 3, 0, 4, 3)

@@ -40,6 +40,7 @@ def _scalars(events) -> dict[str, dict[int, float]]:
   return out
 
 
+@pytest.mark.slow
 def test_search_writes_tensorboard_scalars_at_the_logged_steps(tmp_path):
   config = tiny_config(num_steps=4, log_every=2, checkpoint_every=4)
   search.run(config, str(tmp_path))

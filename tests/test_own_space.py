@@ -57,6 +57,7 @@ def test_space_is_read_from_the_module():
 
 
 @pytest.mark.parametrize("executor", ["switch", "mask"])
+@pytest.mark.slow
 def test_child_equals_supernet_path_for_every_architecture(executor):
   """Logits and gradients of the supernet on each path equal the child module's on its variables."""
   space, x = _space(), jax.random.normal(jax.random.PRNGKey(1), (16, 8, 8, 1))
@@ -169,6 +170,7 @@ def _config(controller: str, steps: int = 8):
 
 
 @pytest.mark.parametrize("controller", ["enas", "tunas", "evolution", "random"])
+@pytest.mark.slow
 def test_every_controller_searches_exports_and_loads_your_module(tmp_path, controller):
   data = _arrays()
   result = api.search(_config(controller), str(tmp_path / "w"), data=data, model=Net())
@@ -198,6 +200,7 @@ def test_sandwich_warm_up_on_your_module_is_one_line_and_writes_nothing(tmp_path
   assert "\n" not in str(info.value) and not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_recalibration_does_not_depend_on_your_batchnorm_momentum(tmp_path):
   """Our models' BN momentum is 0.9, Flax's default 0.99: recalibrated statistics are the union's."""
   space = _space()
@@ -271,6 +274,7 @@ def test_cli_search_export_rank_and_train_on_an_importable_module(tmp_path):
   assert (tmp_path / "t" / "train_result.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_on_a_script_module_says_to_use_python(tmp_path):
   """A class defined in a script cannot be imported by another process: one line, exit 2."""
   (tmp_path / "cfg.py").write_text(textwrap.dedent('''

@@ -29,6 +29,7 @@ def test_no_module_imports_the_folders_as_top_level_packages():
   assert not offenders
 
 
+@pytest.mark.slow
 def test_the_wheel_installs_only_the_oneshot_package(tmp_path):
   # Built from a copy of the tracked files: an in-tree build would leave build/ in the checkout.
   source = tmp_path / "src"
@@ -53,6 +54,7 @@ def test_the_wheel_installs_only_the_oneshot_package(tmp_path):
     assert path in names, path
 
 
+@pytest.mark.slow
 def test_peer_benchmark_without_the_extra_is_one_line_exit_0():
   """benchmarks/peer_nni.py needs `.[peer]` (torch, nni, Lightning); without it, one line and exit 0."""
   import importlib.util  # pylint: disable=import-outside-toplevel

@@ -62,6 +62,7 @@ def _deadline(seconds: int):
     signal.signal(signal.SIGALRM, previous)
 
 
+@pytest.mark.slow
 def test_pad_crop_flip_keeps_shape_and_labels_and_moves_pixels(data_dir):
   plain = _read(_load(data_dir, cache_in_memory=False), range(2))
   moved = _read(_load(data_dir, augment="pad_crop_flip"), range(2))
@@ -110,6 +111,7 @@ def test_inception_crop_through_load_gives_image_size(data_dir):
   assert ds.batch("validation", 0, 4, 7)["image"].shape == (4, 12, 12, 1)  # not augmented, resized
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_batches_and_exit(data_dir, cifar_name):
   config = {"name": cifar_name, "data_dir": data_dir, "augment": "pad_crop_flip", "test_split": ""}
   threads = _read(data.load({**config, "workers": 0}), range(3))

@@ -71,6 +71,7 @@ def test_preprocessing_is_exactly_what_data_py_applies(digits):
   np.testing.assert_array_equal(np.asarray(prep.apply(raw), np.float32), normalised)  # bit for bit
 
 
+@pytest.mark.slow
 def test_predictor_gives_the_childs_probabilities(digits):
   predictor = api.load(digits.out)
   model, variables = predictor  # what `load` returned before
@@ -84,6 +85,7 @@ def test_predictor_gives_the_childs_probabilities(digits):
   assert predictor.class_names[top[0][0]] == top[0][1]
 
 
+@pytest.mark.slow
 def test_artifact_runs_in_a_fresh_process_with_jax_alone(digits, tmp_path):
   raw = _raw(digits)
   np.save(tmp_path / "images.npy", raw)
@@ -102,6 +104,7 @@ def test_artifact_runs_in_a_fresh_process_with_jax_alone(digits, tmp_path):
   np.testing.assert_allclose(got, api.load(digits.out).predict(raw), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_one_artifact_serves_any_batch_size(digits):
   from jax import export as jax_export  # pylint: disable=import-outside-toplevel
   with open(os.path.join(digits.out, "model.jax_export"), "rb") as f:
@@ -114,6 +117,7 @@ def test_one_artifact_serves_any_batch_size(digits):
     np.testing.assert_allclose(got, predictor.predict(raw[:n]), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_predict_a_folder_of_pngs(digits, tmp_path, capsys):
   raw = _raw(digits)
   names = _write_pngs(tmp_path / "pngs", raw)
@@ -130,6 +134,7 @@ def test_predict_a_folder_of_pngs(digits, tmp_path, capsys):
       t[0] for t in top]
 
 
+@pytest.mark.slow
 def test_predict_without_the_artifact_loads_the_checkpoint(digits, tmp_path):
   from oneshot import predict  # pylint: disable=import-outside-toplevel
   bare = _copy(digits.out, tmp_path / "bare", lambda r: r.update(artifact=None),
@@ -210,6 +215,7 @@ def test_the_model_card(digits, capsys):
                                             "model.jax_export"]
 
 
+@pytest.mark.slow
 def test_replacing_an_export_stays_strict(digits, tmp_path, capsys):
   """A folder holding an export plus anything else, or a format-1 export beside a README.md of the
   user's, is refused; the new export's own four entries are replaced."""

@@ -182,6 +182,7 @@ def _truncate_data_files(step_dir: str) -> list[str]:
   return paths
 
 
+@pytest.mark.slow
 def test_corrupted_newest_checkpoint_warns_and_resumes_from_the_previous_one(reference, tmp_path,
                                                                              capsys):
   reference_dir, config = reference
@@ -203,6 +204,7 @@ def test_corrupted_newest_checkpoint_warns_and_resumes_from_the_previous_one(ref
   _assert_same_run(workdir, reference_dir, config)
 
 
+@pytest.mark.slow
 def test_consecutive_nonfinite_steps_stop_with_one_line(tmp_path, capsys):
   """A learning rate that blows the weights up: every later loss is NaN/Inf, each such step is skipped
   and counted, and `max_nonfinite_steps` of them in a row stop the search with one line."""

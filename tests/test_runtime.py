@@ -4,6 +4,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from oneshot import runtime
 
@@ -76,6 +77,7 @@ session.build(config)  # too late to change: one note line
 """
 
 
+@pytest.mark.slow
 def test_cpu_devices_sets_the_cpu_device_count_unless_xla_flags_does(tmp_path):
   """`cpu_devices` reaches JAX before its backend starts (session.build); XLA_FLAGS' count wins.
   In a fresh process: this one's JAX already runs with conftest's 8 devices."""

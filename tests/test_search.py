@@ -27,6 +27,7 @@ def straight(tmp_path_factory):
   return workdir, config, result
 
 
+@pytest.mark.slow
 def test_search_writes_the_contracted_outputs(straight):
   workdir, config, result = straight
   with open(os.path.join(workdir, "search_result.json")) as f:
@@ -48,6 +49,7 @@ def test_search_writes_the_contracted_outputs(straight):
   assert os.path.getsize(os.path.join(workdir, "controller.png")) > 1000
 
 
+@pytest.mark.slow
 def test_stop_and_resume_equals_straight_run(straight, tmp_path):
   workdir, config, result = straight
   resumed_dir = str(tmp_path)
@@ -80,6 +82,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(override, needle, tmp_
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_cli_has_no_traceback_for_bad_input_in_a_fresh_process(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "oneshot.cli", "search", "--config",
                          os.path.join(REPO, "configs", "digits.py"), "--workdir", str(tmp_path / "w"),
@@ -91,6 +94,7 @@ def test_cli_has_no_traceback_for_bad_input_in_a_fresh_process(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["enas", "evolution", "random"])
+@pytest.mark.slow
 def test_every_controller_drives_the_search(name, tmp_path):
   config = tiny_config(num_steps=4, checkpoint_every=4, log_every=2)
   config.controller.name = name
@@ -119,6 +123,7 @@ class _Watched:
 
 
 @pytest.mark.parametrize("program", ["search", "train"])
+@pytest.mark.slow
 def test_metrics_are_read_from_the_device_only_on_logged_and_checkpointed_steps(
     program, monkeypatch, tmp_path):
   """A host read blocks until the step ends, so the next batch cannot be prepared meanwhile: the
@@ -150,6 +155,7 @@ def test_metrics_are_read_from_the_device_only_on_logged_and_checkpointed_steps(
   assert calls and sorted(set(reads)) == [3, 5, 6, 7]
 
 
+@pytest.mark.slow
 def test_warm_up_paths_are_drawn_a_logged_block_at_a_time_and_equal_step_by_step_draws(
     monkeypatch, tmp_path):
   """The uniform sampler draws on the device and reads the draw back: drawn step by step, that read

@@ -32,6 +32,7 @@ def random_searches(tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_random_search_answers_the_best_rescored_candidate_and_differs_between_seeds(random_searches):
   (w0, config, r0), (_, _, r1) = random_searches
   assert r0["dna"] != r1["dna"]  # not the argmax of uniform probabilities (all zeros)
@@ -51,6 +52,7 @@ def test_random_search_answers_the_best_rescored_candidate_and_differs_between_s
     assert json.load(f)["reward"] == r0["reward"]
 
 
+@pytest.mark.slow
 def test_recalibrated_rescore_is_the_exported_childs_accuracy(random_searches, tmp_path):
   """With `select.recalibrate_batches`, finalists are rescored as `oneshot export` writes them (BN
   recalibrated), the reward is the answer's recalibrated accuracy and the batch-statistics one is kept."""
@@ -82,6 +84,7 @@ def test_recalibrated_rescore_is_the_exported_childs_accuracy(random_searches, t
     assert json.load(f)["reward"] == result["reward"]
 
 
+@pytest.mark.slow
 def test_controller_gets_no_feedback_during_the_uniform_warm_up(random_searches):
   workdir, config, _ = random_searches[0]
   sess = session_lib.build(config)
@@ -154,6 +157,7 @@ def test_sync_batch_norm_is_refused_in_a_search():
     session_lib.build(config)
 
 
+@pytest.mark.slow
 def test_random_search_without_rewards_has_no_controller_choice(tmp_path):
   """`controller_choice` is the controller's own answer; random search that was never told a reward
   (the whole search on uniform warm-up paths) has none, rather than the all-zeros DNA."""

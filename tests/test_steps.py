@@ -46,6 +46,7 @@ def _step(model, params, frozen, batch, paths, num_devices, sync=False):
   return new, metrics
 
 
+@pytest.mark.slow
 def test_same_path_on_8_devices_equals_one_device_on_whole_batch(setup):
   model, params, frozen, batch = setup
   dna = np.asarray(SPACE.sample(np.random.default_rng(1)), np.int32)
@@ -56,6 +57,7 @@ def test_same_path_on_8_devices_equals_one_device_on_whole_batch(setup):
 
 
 @pytest.mark.parametrize("executor", ["switch", "mask"])
+@pytest.mark.slow
 def test_different_paths_average_the_per_path_gradients(executor):
   """Both executors: `switch` is what `auto` picks on every platform (the default search, ENAS)."""
   model, params, frozen, batch = _built(executor)

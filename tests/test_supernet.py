@@ -28,6 +28,7 @@ def variables():
 
 
 @pytest.mark.parametrize("executor", ["switch", "switch_exact", "mask"])
+@pytest.mark.slow
 def test_executor_matches_standalone_child(executor, variables):
   model = supernet.build(SPACE, 10, 1, executor, "shift")
   forward = jax.jit(model.apply)
@@ -41,6 +42,7 @@ def test_executor_matches_standalone_child(executor, variables):
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_switch_gradient_matches_child_gradient_on_shared_weights():
   # A smaller space than the value tests: the switch gradient is the slowest thing here to compile.
   space = spaces.build(dict(CONFIG, stages=((8, 2, 2),), kernel_sizes=(3, 5)))
@@ -69,6 +71,7 @@ def test_child_has_fewer_parameters_than_supernet(variables):
 
 
 @pytest.mark.parametrize("k,stride", [(3, 1), (5, 2), (7, 1)])
+@pytest.mark.slow
 def test_shift_depthwise_matches_xla_value_and_gradients(k, stride):
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 6))
   w = jax.random.normal(jax.random.PRNGKey(1), (k, k, 6))
@@ -83,6 +86,7 @@ def test_shift_depthwise_matches_xla_value_and_gradients(k, stride):
 
 @pytest.mark.parametrize("impl", ["shift", "xla"])
 @pytest.mark.parametrize("k,stride", [(3, 1), (5, 2), (7, 1)])
+@pytest.mark.slow
 def test_traced_kernel_size_runs_the_centre_of_the_largest_kernel(impl, k, stride):
   """The switch executor's one depthwise op for all kernel sizes: a traced `size` on the 7x7 kernel
   computes the k x k centre's convolution, and taps outside the centre get no gradient."""
@@ -101,6 +105,7 @@ def test_traced_kernel_size_runs_the_centre_of_the_largest_kernel(impl, k, strid
 
 @pytest.mark.parametrize("path", ["gemm", "taps", "blocks"])
 @pytest.mark.parametrize("k,stride,h", [(3, 1, 8), (5, 2, 8), (7, 2, 7), (7, 1, 8)])
+@pytest.mark.slow
 def test_every_shift_weight_gradient_path_matches_xla(monkeypatch, path, k, stride, h):
   """The shift op's three ways to the weight gradient (one batched GEMM, a loop of one reduction
   per tap, that loop over blocks of images) give XLA's value and gradients, with a traced centre
@@ -130,6 +135,7 @@ def test_unknown_executor_is_a_user_error():
 
 
 @pytest.mark.parametrize("executor", ["switch", "mask"])
+@pytest.mark.slow
 def test_separate_depthwise_weights_per_kernel_match_the_child(executor):
   """TuNAS's sharing: each kernel size has its own depthwise kernel and BN; the child gets them."""
   model = supernet.build(SPACE, 10, 1, executor, "shift", "separate")
@@ -155,6 +161,7 @@ def test_separate_depthwise_weights_per_kernel_match_the_child(executor):
 
 
 @pytest.mark.parametrize("executor", ["switch", "mask"])
+@pytest.mark.slow
 def test_kernel_transform_matches_the_child(executor):
   """Once-for-All's sharing: a smaller kernel is the larger one's centre through a learned matrix; the
   child's kernel is the transformed one, and its gradient reaches the matrices."""
@@ -185,6 +192,7 @@ def test_kernel_transform_matches_the_child(executor):
   assert float(jnp.abs(grads["block0_transform"]["k5"]).sum()) > 0
 
 
+@pytest.mark.slow
 def test_blocks_keep_their_residual_when_depth_is_not_searched():
   """allow_skip=False removes the skip decisions, not the residual of stride-1, equal-width blocks."""
   from oneshot.models.mobilenet import plan  # pylint: disable=import-outside-toplevel

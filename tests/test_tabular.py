@@ -44,6 +44,7 @@ def _args(path, *extra):
           "--reward-column", "acc", *extra]
 
 
+@pytest.mark.slow
 def test_runs_all_four_and_writes_trajectories(table, tmp_path, capsys):
   path, lookup = table
   out = tmp_path / "runs.json"
@@ -75,6 +76,7 @@ def test_runs_all_four_and_writes_trajectories(table, tmp_path, capsys):
     assert summary["std"] == pytest.approx(np.std(finals, ddof=1), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_algorithm_list_overrides_and_seed_reproducibility(table, tmp_path, capsys):
   path, _ = table
   outs = []
@@ -154,6 +156,7 @@ def _finals(lookup, algorithm, seeds, budget, **kwargs):
                    for s in seeds])
 
 
+@pytest.mark.slow
 def test_enas_and_tunas_beat_random_search_with_default_hyperparameters(table):
   """On a separable table (conv3x3 best on every edge) learning must beat uniform sampling clearly."""
   _, lookup = table
@@ -198,6 +201,7 @@ def test_random_export_is_its_best_queried_architecture(table):
   assert result["export"]["dna"] == result["dnas"][int(np.argmax(result["rewards"]))]
 
 
+@pytest.mark.slow
 def test_test_column_reports_the_chosen_architectures_test_value(table, tmp_path, capsys):
   """NAS-Bench-201's practice: the search sees the reward column only; the report adds the test
   column of the architecture it chose (its best reward), not the test column's own best."""

@@ -189,6 +189,7 @@ def test_export_never_replaces_a_bucket_folder_that_is_not_an_export(searched, e
                     ZEROS], "is not an export", tmp_path)
 
 
+@pytest.mark.slow
 def test_an_earlier_export_is_still_replaced(searched, exported, tmp_path, capfd):
   _, workdir = searched
   out = _copy(exported, tmp_path / "again")
@@ -212,6 +213,7 @@ def test_second_search_with_another_config_is_refused(searched, tmp_path, capfd,
   assert not any(n.endswith(".unreadable") for n in os.listdir(os.path.join(workdir, "checkpoints")))
 
 
+@pytest.mark.slow
 def test_reporting_fields_may_differ_on_resume(searched, tmp_path):
   config, workdir = searched
   mine = _copy(workdir, tmp_path / "w")
@@ -261,6 +263,7 @@ def test_restore_of_another_runs_checkpoint_is_one_line_and_renames_nothing(tmp_
   assert "\n" not in str(info.value) and os.listdir(tmp_path / "checkpoints") == ["3"]
 
 
+@pytest.mark.slow
 def test_damaged_controller_history_is_rebuilt(searched, tmp_path, capsys):
   config, workdir = searched
   mine = _copy(workdir, tmp_path / "w")
@@ -525,6 +528,7 @@ def test_mutated_architecture_json_is_one_line(ctx, capfd, data):
 @settings(max_examples=20, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
+@pytest.mark.slow
 def test_mutated_config_json_is_one_line(ctx, capfd, data):
   """Deleting a field of a search workdir's config.json, giving it another value (of its type or not),
   or cutting the file short: the same search command on it exits 2 with one line and writes nothing.
