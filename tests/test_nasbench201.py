@@ -84,6 +84,7 @@ def test_child_variables_are_the_child_tree():
     assert sum(name.startswith("cell") for name in own["params"]) == 3 * convs
 
 
+@pytest.mark.slow
 def test_all_none_cell_is_shared_layers_only():
   _, variables, _ = _supernet("switch")
   sliced = child_variables(SPACE, variables, (0,) * SPACE.num_decisions)

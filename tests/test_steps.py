@@ -81,6 +81,7 @@ def test_different_paths_average_the_per_path_gradients(executor):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_leaves_params_unchanged(setup):
   model, params, frozen, batch = setup
   bad = dict(batch, image=np.full_like(batch["image"], np.nan))

@@ -60,6 +60,7 @@ def test_switch_gradient_matches_child_gradient_on_shared_weights():
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_child_has_fewer_parameters_than_supernet(variables):
   dna = SPACE.sample(np.random.default_rng(5))
   child = supernet.child_model(SPACE, dna, 10, 1, "shift")
