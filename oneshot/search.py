@@ -192,7 +192,8 @@ def _run(config, workdir: io.PathLike, stop_after: int | None, hardware_aware: b
       for step in range(start, t.num_steps):
         # Warm-up: uniform paths and no controller update (TuNAS's RL delay; the controller learns
         # from weights that can already tell paths apart). Afterwards train and reward paths come
-        # from one propose call: one dispatch fewer per step (ENAS's costs ~0.5 ms on CPU).
+        # from one propose call: one dispatch fewer per step, and a dispatch is a fixed per-step cost
+        # (benchmarks/controller_overhead.py; see docs/results.md).
         num_reward = n * paths_per_device
         warming_up = step < uniform_steps
         # The warm-up's draws derive their own keys (`_WarmupPaths`), a block at a time.
@@ -284,10 +285,11 @@ class _WarmupPaths:
   """The warm-up's paths, proposed `block` steps at a time (up to the next logged step).
 
   The uniform and sandwich samplers draw on the device and read the draw back: proposed step by step,
-  that read waited for the train step in flight every step (7.2 s of a 22 s digits warm-up), a host
-  sync that stalls an accelerator's pipeline (on 2 CPU cores, where host and step share the cores, the
-  wall-clock effect was below the noise). Proposed together right after the loop's own read, only the
-  first of a block can wait. Same keys, same calls: the same paths bit for bit.
+  that read would wait for the train step in flight every step, a host sync that stalls an
+  accelerator's pipeline (on a CPU, where host and step share the cores, there is little pipeline to
+  stall, so the wall-clock gain is small there). Proposed together right after the loop's own
+  read, only the first of a block can wait. Same keys, same calls: the same paths bit for bit. The
+  warm-up loop against the bare step: benchmarks/loop_overhead.py; see docs/results.md.
   """
 
   def __init__(self, sampler, key: jax.Array, num: int, block: int, end: int):
