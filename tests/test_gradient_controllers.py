@@ -115,8 +115,8 @@ def test_one_hot_choice_weights_run_the_child_and_reach_the_chosen_logit(space_n
   """Straight-through choice weights (one-hot in value) give the int DNA's logits under both executors;
   under `switch` the gradient reaches the chosen candidate's weight, and equals `mask`'s there."""
   space = {"mobilenet": MOBILENET, "nasbench201": NB201, "module": None}[space_name]
-  with nas.serving(Small()):
-    space = space or _module_space()
+  with nas.serving(Small()) as section:  # one serving: a nested one would unserve Small on exit
+    space = space or spaces.build({**section, "input_shape": (8, 8, 1)})
     models = {e: supernet.build(space, 10, 1, e, "shift") for e in ("switch", "mask")}
     variables = models["switch"].init(jax.random.PRNGKey(0), X[:1],
                                       jnp.zeros(space.num_decisions, jnp.int32))
