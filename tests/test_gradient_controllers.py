@@ -104,11 +104,6 @@ class Small(nn.Module):
     return nn.Dense(10)(x.mean(axis=(1, 2)))
 
 
-def _module_space():
-  with nas.serving(Small()) as section:
-    return spaces.build({**section, "input_shape": (8, 8, 1)})
-
-
 @pytest.mark.parametrize("space_name", ["mobilenet", "nasbench201", "module"])
 @pytest.mark.slow
 def test_one_hot_choice_weights_run_the_child_and_reach_the_chosen_logit(space_name):
