@@ -145,10 +145,9 @@ class Trainer:
   each child computes only its own widths (a supernet path computes the widest and masks)."""
 
   def __init__(self, config):
-    from oneshot import data  # pylint: disable=import-outside-toplevel
+    from oneshot import data, spaces  # pylint: disable=import-outside-toplevel
     self.config = config
     self.dataset = data.load(config.dataset)
-    from oneshot import spaces  # pylint: disable=import-outside-toplevel
     self.space = spaces.build(config.space)
     self._compiled = (None, None)  # ((dna, steps), (model, step, tx, runner)) of the last architecture
 
@@ -221,6 +220,8 @@ def build(config, out: str | os.PathLike, jobs: Sequence[Job], costs, workers: i
           log=sys.stderr) -> int:
   """Trains every job not yet in `out` and appends its row; returns the number of rows written.
   workers = 0 trains in this process (tests); N > 0 uses N pinned worker processes."""
+  from oneshot import spaces  # pylint: disable=import-outside-toplevel
+  space = spaces.build(config.space)
   done = {(r["dna"], r["seed"], r["steps"]) for r in read_table(out)}
   todo = [j for j in jobs if j.key not in done]
   print(f"{len(jobs) - len(todo)} of {len(jobs)} rows already in {out}; training {len(todo)}",
@@ -238,7 +239,7 @@ def build(config, out: str | os.PathLike, jobs: Sequence[Job], costs, workers: i
     for job, measured in _results(config, todo, workers):
       latency, flops = costs(np.asarray(job.dna)[None])
       row = {"band_ms": f"{job.band_ms:g}", "dna": job.key[0], "seed": job.key[1],
-             "steps": job.key[2], "string": _space_string(config, job.dna),
+             "steps": job.key[2], "string": space.format(job.dna),
              "latency_ms": f"{latency[0]:.6f}", "flops": f"{flops[0]:.0f}", **measured}
       writer.writerow(row)
       f.flush()
@@ -286,6 +287,3 @@ def _results(config, todo: Sequence[Job], workers: int):
         yield from future.result()
 
 
-def _space_string(config, dna: DNA) -> str:
-  from oneshot import spaces  # pylint: disable=import-outside-toplevel
-  return spaces.build(config.space).format(dna)
