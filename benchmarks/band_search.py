@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from oneshot import band_rank, bands, spaces, train  # pylint: disable=wrong-import-position
+from oneshot import band_rank, bands, rank_stats, spaces, steps  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,7 +59,7 @@ def main() -> int:
   costs = bands.latency_function(config, space, dataset.image_shape, dataset.num_classes)
   table = band_rank.architectures(bands.read_table(a.table)) if os.path.exists(a.table) else []
   recipe = a.table_steps or (max(int(r["steps"]) for r in bands.read_table(a.table)) if table else 1000)
-  proxy = train.standalone_steps(config)
+  proxy = steps.standalone_steps(config)
   os.makedirs(a.root, exist_ok=True)
   rows_csv = os.path.join(a.root, "rows.csv")
   proxy_seconds = _proxy_seconds(config, space, costs, [float(t) for t in a.targets.split(",")],
@@ -114,7 +114,7 @@ def _cell(a, config, space, costs, target, seed, proxy, recipe, proxy_seconds, r
       final[bands.parse_dna(r["dna"])].append(float(r["test_accuracy"]))
   band_table = [t.accuracy for t in table if abs(t.band_ms - target) < 1e-9]
   mean = lambda d: float(np.mean(final[tuple(d)]))
-  pct = lambda v: band_rank.percentile(v, band_table) if band_table else None
+  pct = lambda v: rank_stats.percentile(v, band_table) if band_table else None
   cell = {"band_ms": target, "search_seed": seed, "search_seconds": wall,
           "answer": space.format(answer), "answer_latency_ms": latency,
           "answer_in_band": bool(abs(latency / target - 1) <= a.width),

@@ -13,7 +13,7 @@ with its supernet).
 Per controller and seed: `--budget` reward queries in feedback calls of `--batch` paths, each path's
 accuracy on validation minibatch number `call` (the same minibatch sequence for every controller:
 equal queries, equal data) through the supernet with batch-statistics BN, as the search rewards;
-then the search's own answer rule (`oneshot.search.answer`: `config.select` over the controller's
+then the search's own answer rule (`oneshot.search_loop.answer`: `config.select` over the controller's
 candidates, rescored on the whole validation split). Each distinct answer is trained from scratch
 and scored on the TEST split after BN recalibration with `oneshot rank`'s machinery, so the numbers
 compare with a rank.json's `standalone_accuracy` (`--rank`: each answer's percentile among them).
@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
 from oneshot import controllers
 from oneshot import child as child_lib
-from oneshot import io, rank, search, session as session_lib, steps, supernet, train
+from oneshot import rank, search_loop, session as session_lib, steps, storage, supernet
 from oneshot.errors import UserError
 
 CONTROLLERS = ("enas", "tunas", "evolution", "random")
@@ -97,7 +97,7 @@ def run_controller(sess, params, name: str, seed: int, budget: int, batch: int) 
     queried.update(tuple(int(c) for c in d) for d in dnas)
     rewards_seen.extend(rewards.tolist())
   search_seconds = time.time() - tic
-  dna, accuracy, table = search.answer(sess, params, controller, state, jax.random.fold_in(key, 2))
+  dna, accuracy, table = search_loop.answer(sess, params, controller, state, jax.random.fold_in(key, 2))
   return {"controller": name, "seed": seed, **sess.space.to_json(dna),
           "supernet_validation_accuracy": float(accuracy), "distinct_queried": len(queried),
           "queries": int(sum(sizes)), "feedback_calls": len(sizes),
@@ -114,7 +114,7 @@ class StandAlone:
     config, ds = sess.config, sess.dataset
     self.sess, self.num_steps, self.train_seeds = sess, num_steps, train_seeds
     # pylint: disable-next=protected-access
-    self.trainer = rank._Trainer(sess, train.optimizer(config, num_steps), num_steps)
+    self.trainer = rank.StandaloneTrainer(sess, steps.make_optimizer(config, num_steps), num_steps)
     self.recal = [ds.batch("train", i, config.train.batch_size, config.seed)
                   for i in range(recalibrate_batches)]
     self.cache: dict[tuple, dict] = {}
@@ -203,7 +203,7 @@ def main() -> int:
   config = session_lib.load_search_config(args.workdir)
   sess = session_lib.build(config)
   params = session_lib.restore_params(sess, args.workdir)["params"]
-  num_steps = args.train_steps or train.standalone_steps(config)
+  num_steps = args.train_steps or steps.standalone_steps(config)
   standalone = StandAlone(sess, num_steps, args.recalibrate_batches, args.train_seeds)
   setup = rank.standalone_setup(config, num_steps, args.train_seeds, args.recalibrate_batches, 0)
   reference = load_rank(args.rank, setup) if args.rank else None
@@ -242,7 +242,7 @@ def main() -> int:
   print_table(rows, summary)
   print(f"{len(standalone.cache)} distinct answers trained; {time.time() - wall:.0f} s in all")
   if args.out:
-    io.write_json(args.out, {"workdir": os.path.abspath(args.workdir), "budget": args.budget,
+    storage.write_json(args.out, {"workdir": os.path.abspath(args.workdir), "budget": args.budget,
                              "batch": args.batch, "train_steps": num_steps,
                              "train_seeds": args.train_seeds, "standalone_setup": setup,
                              "rank": args.rank, "rows": rows, "summary": summary})

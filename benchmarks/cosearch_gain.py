@@ -31,7 +31,7 @@ import jax  # noqa: E402
 from absl import flags  # noqa: E402
 
 from oneshot import controllers  # noqa: E402
-from oneshot import configuration, cosearch, io  # noqa: E402
+from oneshot import configuration, cosearch, storage  # noqa: E402
 from oneshot.errors import UserError  # noqa: E402
 from oneshot.hardware import settings as hardware_settings  # noqa: E402
 
@@ -108,7 +108,7 @@ def main(argv) -> int:
           f"{time.time() - t0:.0f} s)", file=sys.stderr)
   report(rows, config)
   if fv.out:
-    io.write_json(fv.out, {"rows": rows,
+    storage.write_json(fv.out, {"rows": rows,
                            "reward": hardware_settings.read(config, "cosearch").reward.settings(),
                            "cost_model": {"cost_model": config.hardware.cost_model,
                                           "table": config.hardware.table}})

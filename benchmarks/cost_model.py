@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from oneshot.hardware import cost_model, layers  # noqa: E402  pylint: disable=wrong-import-position
+from oneshot.hardware import cost_model, workload  # noqa: E402  pylint: disable=wrong-import-position
 from oneshot.spaces import accelerator, mobilenet  # noqa: E402  pylint: disable=wrong-import-position
 
 # ProxylessNAS / TuNAS MobileNetV2-style ImageNet skeleton.
@@ -52,7 +52,7 @@ def throughput(num: int, repeats: int, seed: int) -> tuple[float, float]:
   best = {"layer_table": np.inf, "evaluate": np.inf}
   for _ in range(repeats):
     t0 = time.perf_counter()
-    table = layers.layer_table(arch_space, dnas, (224, 224, 3), 1000)
+    table = workload.layer_table(arch_space, dnas, (224, 224, 3), 1000)
     values = accelerator.arrays(accel_space, accel_dnas)
     t1 = time.perf_counter()
     out = cost_model.evaluate(table, values)
@@ -82,7 +82,7 @@ def _scalesim_cycles(layer: dict[str, int], rows: int, cols: int, dataflow: str)
   from scalesim.scale_config import scale_config
   from scalesim.topology_utils import topologies
   # pylint: enable=import-outside-toplevel
-  depthwise = layer["kind"] == layers.DEPTHWISE
+  depthwise = layer["kind"] == workload.DEPTHWISE
   c, m = (1, 1) if depthwise else (layer["C"], layer["M"])
   r, s, e, f, stride = layer["R"], layer["S"], layer["E"], layer["F"], layer["stride"]
   config = scale_config()
@@ -116,7 +116,7 @@ def compare_scalesim(seed: int, pair_s: float, layers_per_net: float) -> None:
   dna = np.array([rng.integers(k) for k in arch_space.num_choices], np.int32)
   dna[[j for j, n in enumerate(arch_space.names) if n.endswith("/skip")]] = 0
   # 64x64 input keeps SCALE-Sim's dense operand matrices small; the formula does not care.
-  table = layers.layer_table(arch_space, dna[None], (64, 64, 3), 100)
+  table = workload.layer_table(arch_space, dna[None], (64, 64, 3), 100)
   last = len(table["kind"][0]) - 1
   # stem 3x3/2, expand, depthwise s1, project, depthwise s2, project, 1x1 head, fc
   picks = [0, 1, 2, 3, 5, 6, last - 2, last]

@@ -1,7 +1,7 @@
 """Images/s the input pipeline delivers against the images/s one supernet step consumes.
 
 For configs/cifar10.py and configs/imagenet_mobilenet.py: builds a synthetic dataset of the same shape
-in a temporary folder (`oneshot.synthetic`: 32x32 PNG; JPEG of 300-500 px sides), reads its train split
+in a temporary folder (`oneshot.data.synthetic`: 32x32 PNG; JPEG of 300-500 px sides), reads its train split
 through `data.load` with the config's augmentation, resolution and prefetch at each worker count, and
 prints images/s delivered (normalised float32 batches in the training process, in steady state: the
 batches that start the workers or were read ahead before the clock started are not timed). Then times
@@ -24,7 +24,7 @@ import numpy as np
 
 from oneshot import api
 from oneshot import data
-from oneshot import synthetic
+from oneshot.data import synthetic
 
 CASES = {  # synthetic config: (built-in config, delivery batch (None: the config's), timed step batch)
     "cifar10": ("cifar10", None, 32),

@@ -1,6 +1,6 @@
 """Whole search loop / bare jitted step: how much the loop around the step costs.
 
-Runs `oneshot search` (`search.run`) on a config and times it between two of the loop's own device
+Runs `oneshot search` (`search_loop.run`) on a config and times it between two of the loop's own device
 reads (logged/checkpointed steps), after compilation; then replays the same jitted calls on the same
 device batches and paths back to back, nothing else, and prints steps/s of both and their ratio
 (goal >= 0.9).
@@ -20,12 +20,12 @@ import jax
 import numpy as np
 
 from oneshot import api
-from oneshot import search, session as session_lib, steps
+from oneshot import search_loop, session as session_lib, steps
 from oneshot.configuration import DEFAULT_CONFIG
 
 
 def loop_and_bare(config, skip: int) -> tuple[float, float]:
-  """(steps/s of `search.run` between its first device read after step `skip` and its last read,
+  """(steps/s of `search_loop.run` between its first device read after step `skip` and its last read,
   steps/s of the same jitted calls replayed back to back on the same batches and paths).
 
   Replaying the loop's own calls matters: random paths differ in cost by more than the loop's overhead.
@@ -56,7 +56,7 @@ def loop_and_bare(config, skip: int) -> tuple[float, float]:
   steps.StepMetrics.read = timed_read
   try:
     with tempfile.TemporaryDirectory() as workdir:
-      search.run(config, workdir)
+      search_loop.run(config, workdir)
   finally:
     steps.make_train_step, steps.make_reward_step, steps.StepMetrics.read = originals
   (s0, t0), (s1, t1) = [(s, t) for s, t in reads if s > skip][0], reads[-1]

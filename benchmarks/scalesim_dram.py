@@ -32,9 +32,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures", "scalesim"))
 
-from oneshot.hardware import cost_model, layers  # noqa: E402  pylint: disable=wrong-import-position
+from oneshot.hardware import cost_model, workload  # noqa: E402  pylint: disable=wrong-import-position
 
-C, DW, FC = layers.CONV, layers.DEPTHWISE, layers.DENSE
+C, DW, FC = workload.CONV, workload.DEPTHWISE, workload.DENSE
 # Arrays: rows, cols, KiB per SRAM (ifmap = filter = ofmap).
 S8, M16, L32, X64 = (8, 8, 4), (16, 16, 8), (32, 16, 16), (64, 32, 32)
 # (name, kind, R, C, M, H, E, stride, array): input H x H, output E x E. The larger ResNet layers sit

@@ -26,8 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.test_split = "test"
   c.dataset.image_size = 0          # 0: native size
   # The train split's augmentation: none | pad_crop_flip (CIFAR) | inception_crop_flip (ImageNet), see
-  # oneshot/augment.py. Splits read from disk or augmented go through grain (oneshot/pipeline.py) with
-  # `workers` processes (0: decode in this process's threads) reading `prefetch` batches ahead.
+  # oneshot/data/augment.py. Splits read from disk or augmented go through grain
+  # (oneshot/data/pipeline.py) with `workers` processes (0: decode in this process's threads) reading
+  # `prefetch` batches ahead.
   c.dataset.augment = "none"
   c.dataset.workers = 0
   c.dataset.prefetch = 2

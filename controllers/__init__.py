@@ -15,7 +15,7 @@ def registry() -> dict[str, type[Controller]]:
   from oneshot.controllers.enas import EnasController
   from oneshot.controllers.evolution import EvolutionController
   from oneshot.controllers.gradient import DartsController, GdasController, ProxylessController
-  from oneshot.controllers.random import RandomController
+  from oneshot.controllers.uniform import RandomController
   from oneshot.controllers.tunas import TunasController
   found: dict[str, type[Controller]] = {"random": RandomController, "tunas": TunasController,
                                         "enas": EnasController, "evolution": EvolutionController,

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from oneshot.controllers.base import Controller, State, distinct
-from oneshot.controllers.random import numpy_rng
+from oneshot.controllers.uniform import numpy_rng
 from oneshot.errors import UserError
 from oneshot.spaces.core import DNA, Space
 

@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from oneshot.controllers.base import Controller, State, decision_mask
-from oneshot.controllers.random import sample_factorized
+from oneshot.controllers.uniform import sample_factorized
 from oneshot.errors import UserError
 from oneshot.spaces.core import Space
 
@@ -56,7 +56,7 @@ class GradientController(Controller):
     c = {**self.defaults, **{k: v for k, v in self.config.items() if k in self.defaults}}
     self.hyper = c
     self.num_steps = max(1, int(self.config.get("num_steps", 1)))
-    self.answer_rule = str(self.config.get("answer", "argmax"))  # read by `search.answer`
+    self.answer_rule = str(self.config.get("answer", "argmax"))  # read by `search_loop.answer`
     if self.answer_rule not in ANSWER_RULES:
       raise UserError(f"--config.controller.answer is {self.answer_rule!r}; use one of "
                       f"{list(ANSWER_RULES)} (argmax: the papers' argmax alpha)")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from oneshot.controllers.random import distinct_samples
+from oneshot.controllers.uniform import distinct_samples
 from oneshot.errors import UserError
 from oneshot.spaces.core import DNA, Space
 

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from oneshot.controllers.base import Controller, State, decision_mask
-from oneshot.controllers.random import sample_factorized
+from oneshot.controllers.uniform import sample_factorized
 from oneshot.spaces.core import Space
 
 DEFAULT_LEARNING_RATE = 0.05  # this project's value, not published: see the module docstring

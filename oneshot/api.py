@@ -21,10 +21,10 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from oneshot import arrays as arrays_lib
-from oneshot import io, nas
+from oneshot.data import arrays as arrays_lib
+from oneshot import nas, storage
 from oneshot import trust as trust_lib
-from oneshot.arrays import Arrays
+from oneshot.data.arrays import Arrays
 from oneshot.configuration import CONFIGS_DIR as _CONFIGS_DIR
 from oneshot.errors import UserError
 from oneshot.serving import Predictor
@@ -86,14 +86,14 @@ def search(config: ml_collections.ConfigDict, workdir: str, data: Arrays | None 
 
   `data`: your own numpy arrays instead of `config.dataset` (a resume needs the same arrays again).
   `model`: your own Flax module with `oneshot.nas.Choice` points, searched instead of `config.space`."""
-  from oneshot import search as search_lib  # pylint: disable=import-outside-toplevel
+  from oneshot import search_loop  # pylint: disable=import-outside-toplevel
   with arrays_lib.serving(data) as dataset, nas.serving(model) as space, trust_lib.scope():
     trust_lib.trust_config(config)  # the caller's own config: the module it names is theirs
     config = _with_sections(config, dataset, space)
-    record = search_lib.run(config, workdir)  # other arrays than the workdir's: one line there
+    record = search_loop.run(config, workdir)  # other arrays than the workdir's: one line there
   if record is None:
     return None
-  workdir = io.as_path(workdir)
+  workdir = storage.as_path(workdir)
   files = {name: os.fspath(workdir / name) for name in (
       "search_result.json", "config.json", "metrics.jsonl", "controller_history.json",
       "checkpoints")}
@@ -125,7 +125,7 @@ def export(workdir: str, out: str, *, dna: str | None = None, recalibrate_batche
   from oneshot import export as export_lib  # pylint: disable=import-outside-toplevel
   with arrays_lib.serving(data), nas.serving(model), trust_lib.scope(trust):
     record = export_lib.export(workdir, out, dna_text=dna, recalibrate_batches=recalibrate_batches)
-  directory = io.as_path(out)
+  directory = storage.as_path(out)
   return ExportResult(directory=os.fspath(directory), architecture=record["string"],
                       num_params=int(record["num_params"]),
                       validation_accuracy=float(record["validation_accuracy"]["recalibrated"]),

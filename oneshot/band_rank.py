@@ -10,6 +10,7 @@ parameter count, FLOPs, modelled latency, and a size regression fitted on the *o
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from oneshot import bands, io
+from oneshot import bands, rank_stats, storage
 from oneshot.errors import UserError
 from oneshot.spaces.core import DNA
 
@@ -33,6 +34,7 @@ class TableArch:
   flops: float
   latency_ms: float
   seeds: dict[int, float]              # training seed -> test accuracy
+  losses: dict[int, float] = dataclasses.field(default_factory=dict)  # training seed -> test loss
 
   @property
   def accuracy(self) -> float:
@@ -53,36 +55,44 @@ def architectures(rows: Sequence[dict[str, str]], steps: int | None = None) -> l
       archs[key] = TableArch(key[0], key[1], float(r["num_params"]), float(r["flops"]),
                              float(r["latency_ms"]), {})
     archs[key].seeds[int(r["seed"])] = float(r["test_accuracy"])
+    archs[key].losses[int(r["seed"])] = float(r["test_loss"])
   return list(archs.values())
 
 
-def kendall(x: Sequence[float], y: Sequence[float]) -> float | None:
-  """Kendall's tau-b; None when either side is constant or there are fewer than 3 points."""
-  from scipy import stats  # pylint: disable=import-outside-toplevel
-  x, y = np.asarray(x, float), np.asarray(y, float)
-  if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-    return None
-  value = stats.kendalltau(x, y).statistic
-  return float(value) if np.isfinite(value) else None
-
-
-def seed_agreement(archs: Sequence[TableArch]) -> dict[str, Any]:
-  """How repeatable the table's ranking is, from the seeds every architecture has.
+def seed_agreement(archs: Sequence[TableArch], metric: str = "accuracy") -> dict[str, Any]:
+  """How repeatable the table's ranking is, from the seeds every architecture has; `metric` is test
+  accuracy, or test loss (ranked lower-is-better), a smoother reading of the same trainings.
 
   seed_vs_rest_tau: one seed's ranking against the mean of the other seeds, averaged over seeds (the
-  ground-truth goal's figure). seed_pair_tau: two single trainings, averaged over pairs. noise_ceiling:
-  the tau a perfect ranker would reach against the mean over all n seeds, from seed_pair_tau t under a
-  Gaussian model of seed noise: single trainings correlate at r1 = sin(pi t / 2), the n-seed mean
-  correlates with the truth at r = sqrt(n r1 / (1 + (n - 1) r1)), and tau = (2 / pi) asin(r).
+  ground-truth goal's figure). split_half_tau (4+ seeds): the mean of half the seeds against the mean of
+  the other half, averaged over the balanced splits. seed_pair_tau: two single trainings, averaged over
+  pairs. noise_ceiling: the tau a perfect ranker would reach against the mean over all n seeds, from
+  seed_pair_tau t under a Gaussian model of seed noise: single trainings correlate at
+  r1 = sin(pi t / 2), the n-seed mean correlates with the truth at r = sqrt(n r1 / (1 + (n - 1) r1)),
+  and tau = (2 / pi) asin(r). mean_seed_sd and arch_sd: the spread of one architecture over seeds
+  (mean over architectures) against the spread of the architectures' means.
   """
-  common = sorted(set.intersection(*(set(a.seeds) for a in archs))) if archs else []
-  out = {"seeds": common, "seed_vs_rest_tau": None, "seed_pair_tau": None, "noise_ceiling": None}
+  if metric == "accuracy":
+    values = lambda a: a.seeds
+  else:
+    values = lambda a: {s: -v for s, v in a.losses.items()}
+  common = sorted(set.intersection(*(set(values(a)) for a in archs))) if archs else []
+  out = {"seeds": common, "seed_vs_rest_tau": None, "split_half_tau": None, "seed_pair_tau": None,
+         "noise_ceiling": None, "mean_seed_sd": None, "arch_sd": None}
   if len(common) < 2 or len(archs) < 3:
     return out
-  acc = np.array([[a.seeds[s] for s in common] for a in archs])
+  acc = np.array([[values(a)[s] for s in common] for a in archs])
   n = len(common)
-  rest = [kendall(acc[:, i], np.delete(acc, i, 1).mean(1)) for i in range(n)]
-  pairs = [kendall(acc[:, i], acc[:, j]) for i in range(n) for j in range(i + 1, n)]
+  out["mean_seed_sd"] = float(acc.std(1, ddof=1).mean())
+  out["arch_sd"] = float(acc.mean(1).std(ddof=1))
+  if n >= 4:
+    halves = [h for h in itertools.combinations(range(n), n // 2) if 0 in h]
+    split = [rank_stats.kendall(acc[:, list(h)].mean(1), np.delete(acc, list(h), 1).mean(1))
+             for h in halves]
+    split = [v for v in split if v is not None]
+    out["split_half_tau"] = float(np.mean(split)) if split else None
+  rest = [rank_stats.kendall(acc[:, i], np.delete(acc, i, 1).mean(1)) for i in range(n)]
+  pairs = [rank_stats.kendall(acc[:, i], acc[:, j]) for i in range(n) for j in range(i + 1, n)]
   rest, pairs = [v for v in rest if v is not None], [v for v in pairs if v is not None]
   out["seed_vs_rest_tau"] = float(np.mean(rest)) if rest else None
   if pairs:
@@ -103,49 +113,44 @@ def size_regression(train: Sequence[TableArch], predict: Sequence[TableArch]) ->
   return (design(predict) @ coef).tolist()
 
 
-def band_report(archs: Sequence[TableArch], scores: Sequence[float],
+def band_report(archs: Sequence[TableArch], scores: Sequence[float] | None,
                 others: Sequence[TableArch]) -> dict[str, Any]:
-  """A ranker's `scores` of one band's `archs` against the table, beside the free baselines.
+  """A ranker's `scores` of one band's `archs` against the table, beside the free baselines (with
+  `scores` None: the table alone, its seed agreement and the baselines).
 
   Baselines rank bigger/slower as better; `others` (the other bands' architectures) fit the size
   regression. The margin's 90% interval is a paired bootstrap over the band's architectures of
   tau(scores) - tau(best baseline), the best baseline chosen on the full band."""
-  from oneshot import rank  # pylint: disable=import-outside-toplevel
   truth = [a.accuracy for a in archs]
   baselines = {"num_params": [a.num_params for a in archs], "flops": [a.flops for a in archs],
                "latency_ms": [a.latency_ms for a in archs],
                "size_regression": size_regression(others, archs)}
-  taus = {name: (kendall(v, truth) if v is not None else None) for name, v in baselines.items()}
+  taus = {name: (rank_stats.kendall(v, truth) if v is not None else None) for name, v in baselines.items()}
   ranked = [(t, name) for name, t in taus.items() if t is not None]
   best = max(ranked)[1] if ranked else None
-  uncertainty = (rank.tau_uncertainty(scores, baselines[best], truth) if best is not None else {})
+  uncertainty = (rank_stats.tau_uncertainty(scores, baselines[best], truth)
+                 if best is not None and scores is not None else {})
   return {"band_ms": archs[0].band_ms if archs else None, "num_archs": len(archs),
-          "kendall_tau": kendall(scores, truth), **seed_agreement(archs),
+          "mean_accuracy": float(np.mean(truth)) if truth else None,
+          "kendall_tau": rank_stats.kendall(scores, truth) if scores is not None else None,
+          **seed_agreement(archs), "by_test_loss": seed_agreement(archs, "loss"),
           "baseline_kendall_tau": taus, "best_baseline": best,
-          "kendall_tau_standard_error": uncertainty.get("kendall_tau_standard_error"),
-          "margin_over_best_baseline": uncertainty.get("kendall_tau_margin_over_num_params"),
-          "margin_interval_90": uncertainty.get("kendall_tau_margin_interval_90")}
-
-
-def percentile(value: float, others: Sequence[float]) -> float | None:
-  """Percent of `others` below `value` (ties count half); 100 = better than all."""
-  if not len(others):
-    return None
-  others = np.asarray(others, float)
-  return float(100.0 * ((others < value).sum() + 0.5 * (others == value).sum()) / len(others))
+          "kendall_tau_standard_error": uncertainty.get("standard_error"),
+          "margin_over_best_baseline": uncertainty.get("margin"),
+          "margin_interval_90": uncertainty.get("margin_interval_90")}
 
 
 def run(workdir: str, table: str, out: str, *, recalibrate_batches: int = 20,
         steps: int | None = None) -> dict[str, Any]:
   """Scores every architecture of `table` with `workdir`'s supernet; writes and returns rank.json."""
   # pylint: disable=import-outside-toplevel
-  from oneshot import checkpoint, rank, runtime, session as session_lib, spaces
+  from oneshot import checkpoint, runtime, session as session_lib, spaces
   from oneshot import child as child_lib
   runtime.return_compile_memory()
   wall = time.time()
   if recalibrate_batches < 1:
     raise UserError(f"--recalibrate-batches must be >= 1, got {recalibrate_batches}")
-  out = rank.check_out(out)
+  out = storage.check_output_file(out, "--out", "rank.json")
   rows = bands.read_table(_existing(table))
   archs = architectures(rows, steps)
   session_lib.use_search_devices(workdir)
@@ -157,7 +162,7 @@ def run(workdir: str, table: str, out: str, *, recalibrate_batches: int = 20,
       raise UserError(f"--table {table} holds architecture {bands.format_dna(a.dna)}, which is not in "
                       f"the workdir's {space.name!r} space; give the table built for this search's "
                       "space")
-  answer = rank.read_search_dna(workdir, space)
+  answer = session_lib.read_search_dna(workdir, space)
   sess = session_lib.build(config)
   params = session_lib.restore_params(sess, workdir)["params"]
   scored = []
@@ -182,17 +187,42 @@ def run(workdir: str, table: str, out: str, *, recalibrate_batches: int = 20,
     others = [a for a in archs if a.band_ms != band]
     report = band_report([a for a, _ in members], [s["supernet_accuracy"] for _, s in members], others)
     mine = [s for s in scored if s["band_ms"] == band and s["is_search_result"]]
-    report["search_result_percentile"] = (
-        percentile(mine[0]["table_accuracy"], [a.accuracy for a, _ in members]) if mine else None)
+    report["search_result_percentile"] = (rank_stats.percentile(
+        mine[0]["table_accuracy"], [a.accuracy for a, _ in members]) if mine else None)
     reports.append(report)
   taus = [r["kendall_tau"] for r in reports if r["kendall_tau"] is not None]
-  result = {"table": os.fspath(table), "workdir": os.fspath(io.as_path(workdir)),
+  result = {"table": os.fspath(table), "workdir": os.fspath(storage.as_path(workdir)),
             "steps": max(int(r["steps"]) for r in rows) if steps is None else steps,
             "recalibrate_batches": recalibrate_batches, "supernet_split": "validation",
             "table_split": "test", "mean_kendall_tau": float(np.mean(taus)) if taus else None,
             "bands": reports, "archs": scored, "total_seconds": time.time() - wall}
-  io.write_json(out, result)
+  storage.write_json(out, result)
   return result
+
+
+def table_report(rows: Sequence[dict[str, str]], steps: int | None = None) -> list[dict[str, Any]]:
+  """Per band, the table on its own: seed agreement (by accuracy and by loss) and the baselines' tau."""
+  archs = architectures(rows, steps)
+  return [band_report([a for a in archs if a.band_ms == band], None,
+                      [a for a in archs if a.band_ms != band])
+          for band in sorted({a.band_ms for a in archs})]
+
+
+def table_summary(reports: Sequence[dict[str, Any]]) -> str:
+  """One line per band of `table_report` for the terminal."""
+  fmt = lambda v, spec=".2f": "n/a" if v is None else format(v, spec)
+  lines = []
+  for b in reports:
+    loss = b["by_test_loss"]
+    lines.append(
+        f"band {b['band_ms']:g} ms: {b['num_archs']} architectures x {len(b['seeds'])} seeds, mean "
+        f"accuracy {fmt(b['mean_accuracy'], '.4f')}, sd over architectures {fmt(b['arch_sd'], '.4f')} "
+        f"/ over seeds {fmt(b['mean_seed_sd'], '.4f')}; seed vs rest tau {fmt(b['seed_vs_rest_tau'])} "
+        f"(split-half {fmt(b['split_half_tau'])}, pair {fmt(b['seed_pair_tau'])}, noise ceiling "
+        f"{fmt(b['noise_ceiling'])}); by test loss {fmt(loss['seed_vs_rest_tau'])} (split-half "
+        f"{fmt(loss['split_half_tau'])}); baselines " +
+        ", ".join(f"{k} {fmt(v)}" for k, v in b["baseline_kendall_tau"].items()))
+  return "\n".join(lines)
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -154,14 +154,14 @@ class Trainer:
   def _child(self, dna: DNA, steps: int):
     """The child's model, train step, optimizer and runner, compiled once for all its seeds."""
     # pylint: disable=import-outside-toplevel
-    from oneshot import supernet, train
+    from oneshot import steps as steps_lib, supernet
     from oneshot import child as child_lib
     if self._compiled[0] != (dna, steps):
       ds = self.dataset
       model = supernet.child_model(self.space, dna, ds.num_classes, ds.image_shape[-1],
                                    self.config.supernet.depthwise)
-      tx = train.optimizer(self.config, steps)
-      self._compiled = ((dna, steps), (model, train.make_train_step(model, tx), tx,
+      tx = steps_lib.make_optimizer(self.config, steps)
+      self._compiled = ((dna, steps), (model, steps_lib.make_child_train_step(model, tx), tx,
                                        child_lib.ChildRunner(model)))
     return self._compiled[1]
 

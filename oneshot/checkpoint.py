@@ -27,11 +27,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from oneshot import io
+from oneshot import storage
 from oneshot.errors import UserError
 
 
-def manager(workdir: io.PathLike, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+def manager(workdir: storage.PathLike, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
   """`cleanup_tmp_directories`: a save cut short by SIGKILL or a full disk leaves a
   `N.orbax-checkpoint-tmp` directory; the next writable manager deletes it."""
   if read_only:  # orbax warns about each setting a read-only manager ignores, and about read-only
@@ -45,7 +45,7 @@ def manager(workdir: io.PathLike, max_to_keep: int = 3, read_only: bool = False)
   quiet = _DropReadOnlyNotice()
   logging.getLogger("absl").addFilter(quiet)
   try:
-    return ocp.CheckpointManager(io.as_path(workdir) / "checkpoints", options=options)
+    return ocp.CheckpointManager(storage.as_path(workdir) / "checkpoints", options=options)
   finally:
     logging.getLogger("absl").removeFilter(quiet)
 
@@ -230,7 +230,7 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[int, Any] 
       if any(m in str(e) for m in _MISMATCH):
         workdir = epath.Path(mngr.directory).parent
         raise UserError(f"workdir {workdir} holds another run: checkpoint {step} does not fit this "
-                        f"config ({io.first_line(e)[:100]}); use a new --workdir, or the config and "
+                        f"config ({storage.first_line(e)[:100]}); use a new --workdir, or the config and "
                         "flags it started with") from None
       print(f"warning: checkpoint {step} in {mngr.directory} is unreadable "
             f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
@@ -255,12 +255,12 @@ def _abstract(leaf: Any) -> Any:
   return leaf if isinstance(leaf, np.ndarray) else ocp.utils.to_shape_dtype_struct(leaf)
 
 
-def require_checkpoint(workdir: io.PathLike) -> ocp.CheckpointManager:
+def require_checkpoint(workdir: storage.PathLike) -> ocp.CheckpointManager:
   """A read-only manager for a workdir that must hold a search checkpoint (export, rank, cosearch)."""
-  io.require_readable(workdir)
-  if not io.as_path(workdir).is_dir():
+  storage.require_readable(workdir)
+  if not storage.as_path(workdir).is_dir():
     raise UserError(f"workdir {workdir} does not exist; run `oneshot search --workdir {workdir}` first")
-  directory = io.as_path(workdir) / "checkpoints"
+  directory = storage.as_path(workdir) / "checkpoints"
   if not directory.is_dir():
     raise UserError(f"no checkpoint in {workdir}; run `oneshot search --config ... --workdir "
                     f"{workdir}` first")

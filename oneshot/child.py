@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oneshot import io, serving
+from oneshot import serving, storage
 from oneshot.errors import UserError
 from oneshot.serving import ARTIFACT_FILE
 
@@ -43,33 +43,23 @@ CARD_FILE = "README.md"
 FORMAT_VERSION = 2
 # space name -> (module, class) of its standalone child; looked up by name so a JSON file never chooses
 # what gets imported.
-CHILD_MODELS = {"mobilenet": ("oneshot.models.mobilenet", "MobileNet"),
-                "nasbench201": ("oneshot.models.nasbench201", "NasBench201"),
+CHILD_MODELS = {"mobilenet": ("oneshot.models.mobilenet_child", "MobileNet"),
+                "nasbench201": ("oneshot.models.nasbench201_child", "NasBench201"),
                 "module": ("oneshot.nas", "FixedArchitecture")}  # your module, `skeleton['module']`
 
 
-def check_writable(path: str, flag: str) -> None:
-  """Fails before minutes of work, not after, when `path` cannot be created."""
-  parent = os.path.dirname(os.path.abspath(path))
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.access(parent, os.W_OK):
-    raise UserError(f"cannot write {flag} {path}: {parent} is not writable; pick another path")
-
-
-
-def read_architecture(directory: io.PathLike) -> dict:
+def read_architecture(directory: storage.PathLike) -> dict:
   """architecture.json, every field checked (an export folder may come from anyone, edited or cut
   short): one line naming the first bad field, never a traceback from deeper down."""
-  path = io.as_path(directory) / ARCHITECTURE_FILE
-  io.require_readable(directory)
+  path = storage.as_path(directory) / ARCHITECTURE_FILE
+  storage.require_readable(directory)
   if not path.exists():
     raise UserError(f"{directory} has no {ARCHITECTURE_FILE}; give a directory written by "
                     "`oneshot export --out DIR`")
   try:
     record = json.loads(path.read_text())
   except (OSError, ValueError) as e:
-    raise UserError(f"cannot read {path} ({io.first_line(e)[:120]}); re-run `oneshot export`") from None
+    raise UserError(f"cannot read {path} ({storage.first_line(e)[:120]}); re-run `oneshot export`") from None
   version = record.get("format_version") if isinstance(record, dict) else None
   if _is_int(version) and version > FORMAT_VERSION:
     raise UserError(f"{path} is export format version {version}, newer than this oneshot reads "
@@ -167,7 +157,7 @@ def build_model(record: dict, model: Any = None) -> Any:
   return cls(**kwargs)
 
 
-def _built(record: dict, model: Any, directory: io.PathLike) -> tuple[Any, Any]:
+def _built(record: dict, model: Any, directory: storage.PathLike) -> tuple[Any, Any]:
   """(model, its variables' shapes) from a checked record. The skeleton and architecture values are
   the space's own structures, read by the model code as it builds: a value of the wrong kind there
   surfaces as a TypeError, KeyError... from inside it, which is the file's fault, so one line."""
@@ -177,8 +167,8 @@ def _built(record: dict, model: Any, directory: io.PathLike) -> tuple[Any, Any]:
   except UserError:
     raise
   except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
-    raise UserError(f"{io.as_path(directory) / ARCHITECTURE_FILE} does not describe a model of space "
-                    f"{record['space']!r} ({type(e).__name__}: {io.first_line(e)[:100]}); re-run "
+    raise UserError(f"{storage.as_path(directory) / ARCHITECTURE_FILE} does not describe a model of space "
+                    f"{record['space']!r} ({type(e).__name__}: {storage.first_line(e)[:100]}); re-run "
                     "`oneshot export`") from None
 
 
@@ -188,14 +178,14 @@ def init_shapes(model: Any, image_shape: Sequence[int]) -> dict:
                         jnp.zeros((1,) + tuple(int(d) for d in image_shape), jnp.float32))
 
 
-def load(directory: io.PathLike, model: Any = None) -> tuple[Any, dict]:
+def load(directory: storage.PathLike, model: Any = None) -> tuple[Any, dict]:
   """(model, variables) of an export: `model.apply(variables, images, train=False)` gives logits.
   `model`: for an export of your own module, an instance of it (default: imported by its name)."""
   model, variables, _ = _load(directory, model)
   return model, variables
 
 
-def load_predictor(directory: io.PathLike, model: Any = None) -> serving.Predictor:
+def load_predictor(directory: storage.PathLike, model: Any = None) -> serving.Predictor:
   """The export as a `serving.Predictor`: `.predict(raw images)` -> probabilities, and it unpacks as
   `(model, variables)`. An export written before preprocessing was recorded loads with one warning
   line on stderr (its predictor's `predict` asks for a re-export)."""
@@ -210,11 +200,11 @@ def load_predictor(directory: io.PathLike, model: Any = None) -> serving.Predict
   return serving.Predictor(model, variables, prep, record, os.fspath(directory))
 
 
-def _load(directory: io.PathLike, model: Any) -> tuple[Any, dict, dict]:
+def _load(directory: storage.PathLike, model: Any) -> tuple[Any, dict, dict]:
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel  # the artifact needs none
   record = read_architecture(directory)
   model, abstract = _built(record, model, directory)
-  path = io.as_path(directory) / CHECKPOINT_DIR
+  path = storage.as_path(directory) / CHECKPOINT_DIR
   if not path.is_dir():
     raise UserError(f"{directory} has no {CHECKPOINT_DIR}/ checkpoint; re-run `oneshot export`")
   try:

@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 from oneshot import controllers
-from oneshot import io
+from oneshot import storage
 from oneshot.errors import UserError
 from oneshot.hardware import settings as hardware_settings
 from oneshot.spaces import accelerator
@@ -67,7 +67,7 @@ def main(argv: Sequence[str]) -> int:
         f"{_accel_text(b['accelerator'])} with {b['architecture']['string']} (accuracy "
         f"{b['accuracy']:.4f}, {b['latency_ms']:.4f} ms, {b['energy_mj']:.4f} mJ, "
         f"{b['area_mm2']:.3f} mm^2); {len(result['pareto'])} Pareto points; wrote "
-        f"{io.as_path(fv.workdir) / RESULT_FILE}")
+        f"{storage.as_path(fv.workdir) / RESULT_FILE}")
   return 0
 
 
@@ -303,15 +303,15 @@ def plot(res: dict, path: str, title: str = "hardware co-search") -> None:
 
 
 # --- the command -----------------------------------------------------------------------------------
-def prepare(config, workdir: io.PathLike) -> Evaluator | None:
+def prepare(config, workdir: storage.PathLike) -> Evaluator | None:
   """Trains (or reuses) the supernet in `workdir`; the evaluator on its weights, or None if stopped."""
-  from oneshot import search, session as session_lib  # pylint: disable=import-outside-toplevel
+  from oneshot import search_loop, session as session_lib  # pylint: disable=import-outside-toplevel
   hardware = validate(config)
-  done = io.as_path(workdir) / "search_result.json"
+  done = storage.as_path(workdir) / "search_result.json"
   finished = False
   if done.exists():
     finished = int(json.loads(done.read_text()).get("steps", -1)) == int(config.train.num_steps)
-  if not finished and search.run(config, workdir, hardware_aware=False) is None:
+  if not finished and search_loop.run(config, workdir, hardware_aware=False) is None:
     return None
   sess = session_lib.build(config)
   restored = session_lib.restore_params(sess, workdir)
@@ -360,8 +360,8 @@ def _fingerprint(config) -> dict:
   return out
 
 
-def load_progress(config, workdir: io.PathLike) -> dict:
-  path = io.as_path(workdir) / STATE_FILE
+def load_progress(config, workdir: storage.PathLike) -> dict:
+  path = storage.as_path(workdir) / STATE_FILE
   fresh = {"version": 1, "fingerprint": _fingerprint(config), "points": [], "proposals": 0,
            "feasible": 0, "rejected": 0, "duplicates": 0, "evaluations": 0, "outer_state": None,
            "accuracy_cache": {}, "wall_seconds": 0.0}
@@ -397,7 +397,7 @@ def _flat(d: Any, prefix: str = "") -> dict:
   return out
 
 
-def run(config, workdir: io.PathLike, *, stop_after: int | None = None,
+def run(config, workdir: storage.PathLike, *, stop_after: int | None = None,
         evaluator: Evaluator | None = None) -> dict | None:
   """Runs or resumes the co-search; the cosearch.json dict, or None when stopped early.
 
@@ -434,7 +434,7 @@ def _run(config, workdir, stop_after, evaluator) -> dict | None:
     prog["accuracy_cache"] = dict(ev.cache)
     prog["wall_seconds"] = time.time() - tic
     if primary:
-      io.write_json(workdir / STATE_FILE, prog)
+      storage.write_json(workdir / STATE_FILE, prog)
 
   if not outer_loop(ev, config, progress, evaluate, save, stop_after):
     print(f"stopped after {len(progress['points'])} accelerators; run the same command to resume",
@@ -447,7 +447,7 @@ def _run(config, workdir, stop_after, evaluator) -> dict | None:
 def _finish(progress, config, workdir, wall, primary) -> dict:
   res = result(progress, config, wall, {"supernet_workdir": os.fspath(workdir)})
   if primary:
-    io.write_json(workdir / RESULT_FILE, res)
+    storage.write_json(workdir / RESULT_FILE, res)
     plot(res, workdir / PLOT_FILE)
   return res
 

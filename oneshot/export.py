@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from absl import flags
 from etils import epath
 
-from oneshot import child, configuration, io, serving
+from oneshot import child, configuration, serving, storage
 from oneshot.child import (ARCHITECTURE_FILE, ARTIFACT_FILE, CARD_FILE, CHECKPOINT_DIR, CHILD_MODELS,
                            FORMAT_VERSION)
 from oneshot.errors import UserError
@@ -53,7 +53,7 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
-def export(workdir: io.PathLike, out: str, *, dna_text: str | None = None,
+def export(workdir: storage.PathLike, out: str, *, dna_text: str | None = None,
            recalibrate_batches: int = 20) -> dict:
   """Writes the export directory; returns the architecture.json record. Every input is checked before
   anything is written, and the directory appears only once complete (temp dir + rename; in a bucket,
@@ -86,13 +86,13 @@ def export(workdir: io.PathLike, out: str, *, dna_text: str | None = None,
             "num_params": child.count_params(variables["params"]),
             "recalibrate_batches": recalibrate_batches, "recalibrate_batch_size": int(t.batch_size),
             "validation_accuracy": {"supernet_batch_stats": before, "recalibrated": after},
-            "source": {"workdir": os.fspath(io.as_path(workdir)), "step": int(state["step"])},
+            "source": {"workdir": os.fspath(storage.as_path(workdir)), "step": int(state["step"])},
             "checkpoint": CHECKPOINT_DIR, "preprocessing": prep.to_json(),
             "cost": cost(config, space, dna, ds), "artifact": ARTIFACT_FILE if artifact else None}
   files = {CARD_FILE: card(record).encode()}  # written before architecture.json, the last
   if artifact:
     files = {ARTIFACT_FILE: artifact, **files}
-  if io.is_remote(target):
+  if storage.is_remote(target):
     _write_in_place(target, record, variables, files)
   else:
     _write_atomically(os.fspath(target), record, variables, files)
@@ -105,7 +105,8 @@ def preprocessing(ds: Any, dataset_config: Any) -> serving.Preprocessing:
   units, with the scale and class names data.py reads from the TFDS builder (numpy arrays: 255 for
   uint8, else 1; class indices). Checked to give back exactly the dataset's constants."""
   # pylint: disable=import-outside-toplevel,protected-access  # data.py keeps its constants private
-  from oneshot import builders, data
+  from oneshot import data
+  from oneshot.data import builders
   sample = ds._source("train").read(np.arange(1))[0]
   uint8 = sample.dtype == np.uint8
   if ds.name in data.IN_MEMORY:
@@ -144,7 +145,7 @@ def cost(config: Any, space: Any, dna: Any, ds: Any) -> dict:
     out = latency.costs(np.asarray(dna, np.int32)[None])
     device = dict(latency.device)
   except (UserError, ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as e:
-    return {"flops": None, "latency_ms": None, "device": None, "why": io.first_line(e)[:160]}
+    return {"flops": None, "latency_ms": None, "device": None, "why": storage.first_line(e)[:160]}
   if latency.cost_model == "table":
     where = f"latency table {section.get('table')}"
   else:
@@ -161,7 +162,7 @@ def _artifact(model: Any, variables: dict, prep: serving.Preprocessing) -> bytes
     return serving.serialize(model, variables, prep)
   except Exception as e:  # pylint: disable=broad-except  # jax.export raises many types; none is fatal
     print(f"oneshot export: warning: no {ARTIFACT_FILE} ({type(e).__name__}: "
-          f"{io.first_line(e)[:160]}); the export loads with oneshot.api.load", file=sys.stderr)
+          f"{storage.first_line(e)[:160]}); the export loads with oneshot.api.load", file=sys.stderr)
     return None
 
 
@@ -211,10 +212,10 @@ def card(record: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def choose_dna(space, workdir: io.PathLike, dna_text: str | None):
+def choose_dna(space, workdir: storage.PathLike, dna_text: str | None):
   if dna_text is not None:
     return space.parse(dna_text)
-  path = io.as_path(workdir) / "search_result.json"
+  path = storage.as_path(workdir) / "search_result.json"
   if not path.exists():
     raise UserError(f"{workdir} has no search_result.json (the search has not finished); pass "
                     "--dna 0,1,... to export a chosen architecture")
@@ -225,23 +226,23 @@ def _check_out(out: str) -> epath.Path:
   """--out may be new, empty, or exactly an earlier export (replaced whole); anything else is refused,
   so no file of the user's is ever deleted. In a bucket an export cut short (architecture.json,
   written last, missing; what was written before it present) is replaced too."""
-  target = io.as_path(out)
-  if io.is_remote(target):
-    io.require_readable(target)
+  target = storage.as_path(out)
+  if storage.is_remote(target):
+    storage.require_readable(target)
   if target.exists():
     if not target.is_dir():
       raise UserError(f"--out {out} is a file; give a directory path")
     names = {p.name for p in target.iterdir()}
-    cut_short = io.is_remote(target) and names in _CUT_SHORT
+    cut_short = storage.is_remote(target) and names in _CUT_SHORT
     if names and not cut_short and not _is_export(target, names):
       raise UserError(f"--out {out} exists and is not an export (it holds {sorted(names)[:3]}); only "
                       f"a folder holding exactly what `oneshot export` writes ({ARCHITECTURE_FILE}, "
                       f"{CHECKPOINT_DIR}/, {CARD_FILE}, {ARTIFACT_FILE}) is replaced: pick a new or "
                       "empty directory")
-  if io.is_remote(target):
-    io.ensure_workdir(target)  # the bucket answers, and can be written
+  if storage.is_remote(target):
+    storage.ensure_workdir(target)  # the bucket answers, and can be written
   else:
-    child.check_writable(os.fspath(target), "--out")
+    storage.check_writable(os.fspath(target), "--out")
   return target
 
 
@@ -280,8 +281,8 @@ def _write_atomically(target: str, record: dict, variables: dict, files: dict[st
       ckptr.save(os.path.join(tmp, CHECKPOINT_DIR), variables)
       ckptr.wait_until_finished()
     for name, data in files.items():
-      io.write_bytes(os.path.join(tmp, name), data)
-    io.write_json(os.path.join(tmp, ARCHITECTURE_FILE), record)
+      storage.write_bytes(os.path.join(tmp, name), data)
+    storage.write_json(os.path.join(tmp, ARCHITECTURE_FILE), record)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp make owner-only files; an export is for sharing
@@ -311,8 +312,8 @@ def _write_in_place(target: epath.Path, record: dict, variables: dict, files: di
     ckptr.save(target / CHECKPOINT_DIR, variables)
     ckptr.wait_until_finished()
   for name, data in files.items():
-    io.write_bytes(target / name, data)
-  io.write_json(target / ARCHITECTURE_FILE, record)
+    storage.write_bytes(target / name, data)
+  storage.write_json(target / ARCHITECTURE_FILE, record)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ what a `Choice` does depends on how the module is being run (PyGlove's dynamic e
   while that candidate is chosen (`Decision.active_if`). Two choice points with the same label are one
   decision (their choices are tied).
 * **supernet** (`supernet_path`): the DNA is a traced int32 array (or choice weights, for the gradient
-  controllers: see oneshot.supernet.choices); `switch` runs only the chosen candidate
+  controllers: see oneshot.models.choices); `switch` runs only the chosen candidate
   (`flax.linen.switch`, which carries variables through `lax.switch`), `mask` runs every candidate and
   keeps the chosen one by a one-hot sum. At init every candidate runs, so all their variables exist.
 * **child** (`FixedArchitecture`): each label has one fixed choice and only that candidate is built and
@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from oneshot import trust
 from oneshot.errors import UserError
 from oneshot.spaces.core import Decision
-from oneshot.supernet import choices
+from oneshot.models import choices
 
 _MODE: contextvars.ContextVar[Any] = contextvars.ContextVar("oneshot_nas_mode", default=None)
 

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from oneshot import io  # pylint: disable=wrong-import-position
+from oneshot import storage  # pylint: disable=wrong-import-position
 from oneshot.spaces.core import Space  # pylint: disable=wrong-import-position
 
 
@@ -43,9 +43,9 @@ def controller_plot(space: Space, history: Sequence[dict], path: str) -> None:
 
 
 def save_figure(fig, path: str, dpi: int = 110) -> None:
-  """Renders to memory, then writes atomically (`io.write_bytes`): a killed run never leaves half a
+  """Renders to memory, then writes atomically (`storage.write_bytes`): a killed run never leaves half a
   PNG, and a full disk is one line."""
   buffer = io_lib.BytesIO()
   fig.savefig(buffer, format="png", dpi=dpi)
   plt.close(fig)
-  io.write_bytes(path, buffer.getvalue())
+  storage.write_bytes(path, buffer.getvalue())

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from absl import flags
 
-from oneshot import child, configuration, io, serving
+from oneshot import child, configuration, serving, storage
 from oneshot.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -38,13 +38,10 @@ def main(argv: Sequence[str]) -> int:
   args = configuration.parse_flags(argv, define, command="predict", with_config=False,
                                    required=("arch", "images"))
   if args.out:
-    out = os.path.expanduser(args.out)
-    if os.path.isdir(out):
-      raise UserError(f"--out {args.out} is a directory; give a file path such as preds.json")
-    child.check_writable(out, "--out")
+    storage.check_output_file(os.path.expanduser(args.out), "--out", "preds.json")
   result = predict(args.arch, args.images)
   if args.out:
-    io.write_json(os.path.expanduser(args.out), result)
+    storage.write_json(os.path.expanduser(args.out), result)
     print(f"wrote {len(result['predictions'])} predictions to {args.out}")
   else:
     for p in result["predictions"]:
@@ -60,18 +57,18 @@ def predict(arch: str, images: str) -> dict:
                     f"{record['format_version']}); re-run `oneshot export` to predict with it")
   prep = serving.Preprocessing.from_json(record["preprocessing"], record["num_classes"])
   names, array = read_images(images, prep)
-  artifact = io.as_path(arch) / ARTIFACT if record.get("artifact") else None
+  artifact = storage.as_path(arch) / ARTIFACT if record.get("artifact") else None
   if artifact is not None and artifact.exists():
     try:
       runner = serving.Artifact(artifact.read_bytes())
     except Exception as e:  # pylint: disable=broad-except  # a damaged file fails in many ways
-      raise UserError(f"cannot read {artifact} ({type(e).__name__}: {io.first_line(e)[:120]}); "
+      raise UserError(f"cannot read {artifact} ({type(e).__name__}: {storage.first_line(e)[:120]}); "
                       "re-run `oneshot export`") from None
     probabilities, how = runner.probabilities(array), "artifact"
   else:
     probabilities, how = child.load_predictor(arch).predict(array), "checkpoint"
   top = serving.top_classes(probabilities, prep.class_names)
-  return {"arch": os.fspath(io.as_path(arch)), "runner": how,
+  return {"arch": os.fspath(storage.as_path(arch)), "runner": how,
           "predictions": [{"image": name, "class": i, "label": label, "probability": p}
                           for name, (i, label, p) in zip(names, top)]}
 
@@ -96,7 +93,7 @@ def read_images(path: str, prep: serving.Preprocessing) -> tuple[list[str], np.n
   try:
     array = np.load(local, allow_pickle=False)
   except (OSError, ValueError, EOFError) as e:
-    raise UserError(f"cannot read --images {path} ({io.first_line(e)[:120]}); give a .npy file "
+    raise UserError(f"cannot read --images {path} ({storage.first_line(e)[:120]}); give a .npy file "
                     "saved with numpy.save") from None
   array = prep.check(array, f"--images {path}")
   base = os.path.basename(local)
@@ -114,7 +111,7 @@ def _decode(file: str, prep: serving.Preprocessing) -> np.ndarray:
         image = image.convert("RGB")
       array = np.asarray(image)
   except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError: OSError
-    raise UserError(f"cannot read image {file} ({io.first_line(e)[:120]}); give PNG or JPEG "
+    raise UserError(f"cannot read image {file} ({storage.first_line(e)[:120]}); give PNG or JPEG "
                     "files") from None
   array = array[..., None] if array.ndim == 2 else array
   if array.shape[:2] != (prep.height, prep.width):

@@ -35,7 +35,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +43,7 @@ import numpy as np
 from absl import flags
 
 from oneshot import child as child_lib
-from oneshot import configuration, io
+from oneshot import configuration, rank_stats, storage
 from oneshot.errors import UserError
 from oneshot.spaces.core import DNA, Space
 
@@ -105,7 +105,7 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
   """Scores the architectures and writes rank.json and rank.png; returns the report."""
   # pylint: disable=import-outside-toplevel
   from oneshot import spaces
-  from oneshot import checkpoint, runtime, session as session_lib, supernet, train
+  from oneshot import checkpoint, runtime, session as session_lib, steps, supernet
   runtime.return_compile_memory()
   wall = time.time()
   for name, value, least in (("--num-archs", num_archs, 2), ("--train-seeds", train_seeds, 1),
@@ -114,7 +114,7 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
       raise UserError(f"{name} must be >= {least}, got {value}")
   if train_steps is not None and train_steps < 1:
     raise UserError(f"--train-steps must be >= 1, got {train_steps}")
-  out = check_out(out)
+  out = storage.check_output_file(out, "--out", "rank.json")
   session_lib.use_search_devices(workdir)
   checkpoint.require_checkpoint(workdir)
   config = session_lib.load_search_config(workdir)
@@ -125,12 +125,12 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
   k = top_k if top_k is not None else max(1, num_archs // 4)
   if not 1 <= k <= num_archs:
     raise UserError(f"--top-k must be in 1..{num_archs}, got {k}")
-  search_dna = read_search_dna(workdir, space)
+  search_dna = session_lib.read_search_dna(workdir, space)
   sess = session_lib.build(config)
   params = session_lib.restore_params(sess, workdir)["params"]
   ds, t = sess.dataset, config.train
-  num_steps = train_steps or train.standalone_steps(config)
-  trainer = StandaloneTrainer(sess, train.optimizer(config, num_steps), num_steps)
+  num_steps = train_steps or steps.standalone_steps(config)
+  trainer = StandaloneTrainer(sess, steps.make_optimizer(config, num_steps), num_steps)
   # The stand-alone side depends on rank's own --seed, not the search's: supernets searched with
   # different seeds are then ranked against one ground truth (--reuse).
   recal = [ds.batch("train", i, t.batch_size, seed) for i in range(recalibrate_batches)]
@@ -175,7 +175,7 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
   report = _report(archs, k)
   report.update({"standalone_setup": setup, "reused_standalone": sum(tuple(a["dna"]) in reused
                                                                       for a in archs),
-                 "space": space.name, "workdir": os.fspath(io.as_path(workdir)), "train_steps": num_steps,
+                 "space": space.name, "workdir": os.fspath(storage.as_path(workdir)), "train_steps": num_steps,
                  "train_seeds": train_seeds, "recalibrate_batches": recalibrate_batches,
                  "seed": seed, "standalone_split": "test", "supernet_split": "validation",
                  "timing": {"setup_seconds": setup_seconds,
@@ -186,7 +186,7 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
                                                                  for a in archs])),
                             "mean_train_seconds_per_seed": trainer.seconds / max(trainer.runs, 1),
                             "total_seconds": time.time() - wall}})
-  io.write_json(out, report)
+  storage.write_json(out, report)
   plot(report, os.path.splitext(os.fspath(out))[0] + ".png")
   return report
 
@@ -244,7 +244,7 @@ def _reusable(path: str | None, setup: dict) -> dict:
   if path is None:
     return {}
   try:
-    old = json.loads(io.as_path(path).read_text(encoding="utf-8"))
+    old = json.loads(storage.as_path(path).read_text(encoding="utf-8"))
   except (OSError, ValueError) as e:
     raise UserError(f"cannot read --reuse {path}: {e}; give a rank.json written by oneshot rank") from None
   if json.loads(json.dumps(setup)) != old.get("standalone_setup"):
@@ -260,6 +260,7 @@ def _report(archs: Sequence[dict], k: int) -> dict:
   score is the one the search maximised, so including it would flatter the supernet."""
   ranked = [a for a in archs if not a["is_search_result"]]
   col = lambda key, sign=1.0: [sign * a[key] for a in ranked]
+  correlations = rank_stats.correlations
   report = {**correlations(col("supernet_accuracy"), col("standalone_accuracy"), k),
             "search_result_percentile": search_percentile(archs), "archs": list(archs)}
   report["context"] = {
@@ -274,13 +275,21 @@ def _report(archs: Sequence[dict], k: int) -> dict:
       # The free baseline a supernet ranking must beat: bigger networks are usually better.
       "kendall_tau_num_params": correlations(col("num_params"), col("standalone_accuracy"),
                                              k)["kendall_tau"],
-      **tau_uncertainty(col("supernet_accuracy"), col("num_params"), col("standalone_accuracy"))}
+      **_named(rank_stats.tau_uncertainty(col("supernet_accuracy"), col("num_params"),
+                                          col("standalone_accuracy")))}
   if len(archs[0]["standalone_accuracies"]) >= 2:  # the noise ceiling: one training seed vs another
     for key, name in (("standalone_accuracies", ""), ("standalone_losses", "_loss")):
       seeds = [a[key] for a in ranked]
       report["context"][f"kendall_tau_seed0_vs_seed1{name}"] = correlations(
           [s[0] for s in seeds], [s[1] for s in seeds], k)["kendall_tau"]
   return report
+
+
+def _named(uncertainty: dict) -> dict:
+  """rank.json's names for the margin over the parameter count."""
+  return {"kendall_tau_standard_error": uncertainty["standard_error"],
+          "kendall_tau_margin_over_num_params": uncertainty["margin"],
+          "kendall_tau_margin_interval_90": uncertainty["margin_interval_90"]}
 
 
 def sample_architectures(space: Space, num: int, seed: int, include: DNA | None = None) -> list[DNA]:
@@ -328,65 +337,19 @@ def child_init_scale(space: Space, params: dict, dna: DNA) -> dict:
   return rescale(params, child)
 
 
-def correlations(supernet_scores: Sequence[float], standalone_scores: Sequence[float],
-                 k: int) -> dict[str, Any]:
-  """Kendall's tau-b and Spearman's rho (ties handled, None when a score is constant) and the overlap
-  of the two top-k sets (ties broken by sample order)."""
-  from scipy import stats  # pylint: disable=import-outside-toplevel  # scikit-learn depends on it
-  x, y = np.asarray(supernet_scores, float), np.asarray(standalone_scores, float)
-  nan_to_none = lambda v: None if v is None or not np.isfinite(v) else float(v)
-  constant = np.ptp(x) == 0 or np.ptp(y) == 0
-  tau = None if constant else nan_to_none(stats.kendalltau(x, y).statistic)
-  rho = None if constant else nan_to_none(stats.spearmanr(x, y).statistic)
-  top = lambda s: set(np.argsort(-s, kind="stable")[:k].tolist())
-  return {"kendall_tau": tau, "spearman": rho, "top_k": k,
-          "top_k_overlap": len(top(x) & top(y)) / k}
-
-
-def tau_uncertainty(scores: Sequence[float], baseline: Sequence[float], truth: Sequence[float],
-                    resamples: int = 1000) -> dict[str, Any]:
-  """How sure the tau figures are: a paired bootstrap over the architectures (scipy's) gives the
-  standard error of the supernet's tau and a 90% interval for its margin over `baseline`'s tau (the
-  parameter count). With ~20 architectures the standard error is ~0.15, as large as most gaps
-  between rankers, so a margin whose interval holds 0 shows neither ranker better. Fixed seed: the
-  same report gives the same figures."""
-  from scipy import stats  # pylint: disable=import-outside-toplevel
-
-  def tau(x, y):
-    value = stats.kendalltau(x, y).statistic
-    return float(value) if np.isfinite(value) else 0.0  # a resample with constant scores
-
-  data = tuple(np.asarray(v, float) for v in (scores, baseline, truth))
-  if len(data[0]) < 3 or min(np.ptp(v) for v in data) == 0:
-    return {"kendall_tau_standard_error": None, "kendall_tau_margin_over_num_params": None,
-            "kendall_tau_margin_interval_90": None}
-  boot = lambda stat, arrays, level=0.9: stats.bootstrap(
-      arrays, stat, paired=True, vectorized=False, n_resamples=resamples, confidence_level=level,
-      method="percentile", rng=np.random.default_rng(0))
-  margin = boot(lambda s, b, t: tau(s, t) - tau(b, t), data)
-  return {"kendall_tau_standard_error": float(boot(tau, (data[0], data[2])).standard_error),
-          "kendall_tau_margin_over_num_params": tau(data[0], data[2]) - tau(data[1], data[2]),
-          "kendall_tau_margin_interval_90": [float(margin.confidence_interval.low),
-                                             float(margin.confidence_interval.high)]}
-
-
 def search_percentile(archs: Sequence[dict]) -> float | None:
-  """Percent of the other architectures whose stand-alone accuracy is below the search result's (ties
-  count half); 100 = best of the sample. None when the search has no result yet."""
-  mine = [a for a in archs if a["is_search_result"]]
+  """The search result's stand-alone accuracy as a percentile of the other architectures' (ties count
+  half); 100 = best of the sample. None when the search has no result yet."""
+  mine = [a["standalone_accuracy"] for a in archs if a["is_search_result"]]
   others = [a["standalone_accuracy"] for a in archs if not a["is_search_result"]]
-  if not mine or not others:
-    return None
-  r = mine[0]["standalone_accuracy"]
-  below = sum(o < r for o in others) + 0.5 * sum(o == r for o in others)
-  return 100.0 * below / len(others)
+  return rank_stats.percentile(mine[0], others) if mine else None
 
 
 def plot(report: dict, path: str) -> None:
   """Scatter of supernet vs stand-alone accuracy, the search result starred."""
   # pylint: disable=import-outside-toplevel
   import matplotlib.pyplot as plt
-  from oneshot import plots  # Agg backend; writes through io, so a bucket works too
+  from oneshot import plots  # Agg backend; writes through storage, so a bucket works too
   archs = report["archs"]
   fig, ax = plt.subplots(figsize=(5, 4.2))
   rest = [a for a in archs if not a["is_search_result"]]
@@ -404,26 +367,6 @@ def plot(report: dict, path: str) -> None:
   ax.grid(alpha=0.3)
   fig.tight_layout()
   plots.save_figure(fig, path)
-
-
-def read_search_dna(workdir: io.PathLike, space: Space) -> DNA | None:
-  path = io.as_path(workdir) / "search_result.json"
-  if not path.exists():
-    print(f"note: {workdir} has no search_result.json yet; ranking without the search result",
-          file=sys.stderr)
-    return None
-  return space.from_json(json.loads(path.read_text()))
-
-
-def check_out(out: str) -> io.PathLike:
-  path = io.as_path(out)
-  if path.is_dir():
-    raise UserError(f"--out {out} is a directory; give a file name such as {out}/rank.json")
-  if io.is_remote(path):
-    io.ensure_workdir(path.parent)  # the bucket answers, and can be written
-  else:
-    child_lib.check_writable(os.fspath(path), "--out")
-  return path
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import sys
 from typing import Any
 
 import jax
@@ -17,7 +19,7 @@ import numpy as np
 
 from oneshot import controllers
 from oneshot import spaces
-from oneshot import checkpoint, data, io, runtime, steps, supernet
+from oneshot import checkpoint, data, runtime, steps, storage, supernet
 from oneshot.errors import UserError
 from oneshot.spaces.core import Space
 
@@ -139,7 +141,7 @@ def _check_positive(config) -> None:
     raise UserError(f"--config.train.warmup_steps must be >= 0, got {t.warmup_steps}")
   if "uniform_fraction" in t and not 0.0 <= float(t.uniform_fraction) <= 1.0:
     raise UserError(f"--config.train.uniform_fraction must be in [0, 1], got {t.uniform_fraction}")
-  from oneshot.controllers.random import WARMUP_SAMPLERS  # pylint: disable=import-outside-toplevel
+  from oneshot.controllers.uniform import WARMUP_SAMPLERS  # pylint: disable=import-outside-toplevel
   if t.get("warmup_sampler", "uniform") not in WARMUP_SAMPLERS:
     names = ", ".join(WARMUP_SAMPLERS[:-1]) + f" or {WARMUP_SAMPLERS[-1]}"
     raise UserError(f"--config.train.warmup_sampler must be {names}, got {t.warmup_sampler!r}")
@@ -198,24 +200,34 @@ def score_candidates(session: Session, params, dnas: np.ndarray, num_images: int
   return out
 
 
-def use_search_devices(workdir: io.PathLike) -> None:
+def use_search_devices(workdir: storage.PathLike) -> None:
   """The search's `cpu_devices`, for a command on its workdir, called before anything starts JAX
   (orbax's checkpoint manager does): export and rank then score with the devices the search ran on
   (batch-statistics scores are per device). Says nothing about a bad workdir: the checks that follow
   do, each in one line."""
   from oneshot.configuration import from_json  # pylint: disable=import-outside-toplevel
   try:
-    config = from_json((io.as_path(workdir) / "config.json").read_text())
+    config = from_json((storage.as_path(workdir) / "config.json").read_text())
   except (OSError, ValueError, UserError):
     return
   runtime.use_cpu_devices(config)
 
 
-def load_search_config(workdir: io.PathLike) -> ml_collections.ConfigDict:
+def read_search_dna(workdir: storage.PathLike, space: Space) -> Any:
+  """The finished search's answer (search_result.json), or None with a note when it has not finished."""
+  path = storage.as_path(workdir) / "search_result.json"
+  if not path.exists():
+    print(f"note: {workdir} has no search_result.json yet; ranking without the search result",
+          file=sys.stderr)
+    return None
+  return space.from_json(json.loads(path.read_text()))
+
+
+def load_search_config(workdir: storage.PathLike) -> ml_collections.ConfigDict:
   """A search workdir's config.json, checked field by field (workdir.read_config): a damaged or edited
   file is one line here, not a traceback wherever the bad value is first used."""
-  io.require_readable(workdir)
-  path = io.as_path(workdir) / "config.json"
+  storage.require_readable(workdir)
+  path = storage.as_path(workdir) / "config.json"
   if not path.exists():
     raise UserError(f"{workdir} has no config.json; it is not a search workdir (run `oneshot search "
                     f"--workdir {workdir}` first)")
@@ -224,7 +236,7 @@ def load_search_config(workdir: io.PathLike) -> ml_collections.ConfigDict:
       path, f"restore it, or run `oneshot search --workdir {workdir}` again in a new workdir"))
 
 
-def restore_params(session: Session, workdir: io.PathLike):
+def restore_params(session: Session, workdir: storage.PathLike):
   """The newest readable checkpointed search state of `workdir` (a dict: 'params', 'opt_state',
   'controller', 'key', 'step'), for a finished or interrupted search."""
   mngr = checkpoint.require_checkpoint(workdir)

@@ -55,10 +55,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
+def make_optimizer(config, num_steps: int | None = None) -> optax.GradientTransformation:
+  """The config's optimizer, its schedule spanning `num_steps` (default: train.num_steps, the search's
+  length; a stand-alone child passes its own length, `standalone_steps`)."""
   t = config.train
+  num_steps = int(t.num_steps if num_steps is None else num_steps)
   schedule = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps,
-                                                max(t.num_steps, t.warmup_steps + 1))
+                                                max(num_steps, t.warmup_steps + 1))
   return optax.chain(optax.add_decayed_weights(t.weight_decay),
                      optax.sgd(schedule, momentum=t.momentum, nesterov=True))
 
@@ -229,3 +232,36 @@ class StepMetrics:
       self.nonfinite = 0
       self.restart_clock()
     return row
+
+
+# --- a stand-alone child (oneshot train, rank's trainings, the band table) ------------------------------
+def standalone_steps(config) -> int:
+  """A stand-alone child's training length: train.standalone_steps when > 0, else train.num_steps."""
+  steps_ = int(config.train.get("standalone_steps", 0) or 0)
+  return steps_ if steps_ > 0 else int(config.train.num_steps)
+
+
+def make_child_train_step(model: nn.Module, tx: optax.GradientTransformation) -> Callable:
+  """(params, batch_stats, opt_state, image, label) -> (params, batch_stats, opt_state, metrics) for a
+  child's own network on one device; BatchNorm keeps its running averages the usual way.
+
+  As the search's step, a NaN/Inf loss leaves every state unchanged and reports `finite=0`.
+  """
+
+  @jax.jit
+  def train_step(params, batch_stats, opt_state, image, label):
+    def loss_fn(p):
+      logits, new = model.apply({"params": p, "batch_stats": batch_stats}, image, train=True,
+                                mutable=["batch_stats"])
+      loss = cross_entropy(logits, label).mean()
+      return loss, (new["batch_stats"], (logits.argmax(-1) == label).mean())
+
+    (loss, (new_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, new_opt = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    kept, finite = keep_if_finite(loss, grads, (new_params, new_stats, new_opt),
+                                  (params, batch_stats, opt_state))
+    metrics = {"loss": loss, "accuracy": accuracy, "finite": finite.astype(jnp.int32)}
+    return (*kept, metrics)
+
+  return train_step

@@ -14,16 +14,15 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import flags
 
-from oneshot import checkpoint, configuration, data, io, runtime, steps
+from oneshot import checkpoint, configuration, data, runtime, steps, storage
 from oneshot import child as child_lib
 from oneshot import workdir as workdir_lib
 from oneshot.errors import UserError
@@ -50,48 +49,11 @@ def main(argv: Sequence[str]) -> int:
     return 0
   print(f"trained {result['space']} {result['string']} for {result['steps']} steps "
         f"({result['wall_seconds']:.0f} s): test accuracy {result['test_accuracy']:.4f}, validation "
-        f"{result['validation_accuracy']:.4f}; wrote {io.as_path(fv.workdir) / RESULT_FILE}")
+        f"{result['validation_accuracy']:.4f}; wrote {storage.as_path(fv.workdir) / RESULT_FILE}")
   return 0
 
 
-def standalone_steps(config: ml_collections.ConfigDict) -> int:
-  steps_ = int(config.train.get("standalone_steps", 0) or 0)
-  return steps_ if steps_ > 0 else int(config.train.num_steps)
-
-
-def optimizer(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-  """The config's optimizer with its schedule stretched over `num_steps`."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.train.num_steps = num_steps
-  return steps.make_optimizer(config)
-
-
-def make_train_step(model: Any, tx: optax.GradientTransformation) -> Callable:
-  """(params, batch_stats, opt_state, image, label) -> (params, batch_stats, opt_state, metrics).
-
-  As the search's step, a NaN/Inf loss leaves every state unchanged and reports `finite=0`.
-  """
-
-  @jax.jit
-  def train_step(params, batch_stats, opt_state, image, label):
-    def loss_fn(p):
-      logits, new = model.apply({"params": p, "batch_stats": batch_stats}, image, train=True,
-                                mutable=["batch_stats"])
-      loss = steps.cross_entropy(logits, label).mean()
-      return loss, (new["batch_stats"], (logits.argmax(-1) == label).mean())
-
-    (loss, (new_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, new_opt = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    kept, finite = steps.keep_if_finite(loss, grads, (new_params, new_stats, new_opt),
-                                        (params, batch_stats, opt_state))
-    metrics = {"loss": loss, "accuracy": accuracy, "finite": finite.astype(jnp.int32)}
-    return (*kept, metrics)
-
-  return train_step
-
-
-def run(config: ml_collections.ConfigDict, arch_dir: io.PathLike, workdir: io.PathLike, *,
+def run(config: ml_collections.ConfigDict, arch_dir: storage.PathLike, workdir: storage.PathLike, *,
         init_from_export: bool = False, stop_after: int | None = None) -> dict | None:
   """Trains (or resumes); returns train_result.json's dict, or None when stopped early.
 
@@ -101,7 +63,7 @@ def run(config: ml_collections.ConfigDict, arch_dir: io.PathLike, workdir: io.Pa
     return _run(config, arch_dir, workdir, init_from_export, stop_after)
 
 
-def _run(config: ml_collections.ConfigDict, arch_dir: io.PathLike, workdir: io.PathLike,
+def _run(config: ml_collections.ConfigDict, arch_dir: storage.PathLike, workdir: storage.PathLike,
          init_from_export: bool, stop_after: int | None) -> dict | None:
   runtime.return_compile_memory()
   record = child_lib.read_architecture(arch_dir)
@@ -109,16 +71,16 @@ def _run(config: ml_collections.ConfigDict, arch_dir: io.PathLike, workdir: io.P
   _check_dataset(record, dataset)
   model, exported = child_lib.load(arch_dir)
   t = config.train
-  num_steps = standalone_steps(config)
+  num_steps = steps.standalone_steps(config)
   for name in ("batch_size", "eval_batch_size", "checkpoint_every", "log_every"):
     if int(t[name]) <= 0:
       raise UserError(f"--config.train.{name} must be positive, got {t[name]}")
   setup = {"space": record["space"], "dna": record["dna"], "string": record["string"],
-           "arch": os.fspath(io.as_path(arch_dir)), "init_from_export": bool(init_from_export),
+           "arch": os.fspath(storage.as_path(arch_dir)), "init_from_export": bool(init_from_export),
            "steps": num_steps}
   # A workdir resumes only the run it started: same architecture, initialisation, length and config.
   workdir = workdir_lib.claim(workdir, config, "train", setup=setup)
-  tx = optimizer(config, num_steps)
+  tx = steps.make_optimizer(config, num_steps)
   if init_from_export:
     variables = exported
   else:
@@ -133,13 +95,13 @@ def _run(config: ml_collections.ConfigDict, arch_dir: io.PathLike, workdir: io.P
     state = restored[1]
     print(f"resuming {workdir} from step {int(state['step'])}", file=sys.stderr)
   else:  # the setup first: it is what marks the directory as a train workdir
-    io.write_json(workdir / SETUP_FILE, setup)
-    io.write_text(workdir / "config.json", configuration.to_json(config))
+    storage.write_json(workdir / SETUP_FILE, setup)
+    storage.write_text(workdir / "config.json", configuration.to_json(config))
   start = int(state["step"])
 
-  train_step = make_train_step(model, tx)
-  metrics_log = io.MetricsLog(workdir / "metrics.jsonl", start, workdir / "tensorboard")
-  progress = io.Progress(num_steps, t.log_every)
+  train_step = steps.make_child_train_step(model, tx)
+  metrics_log = storage.MetricsLog(workdir / "metrics.jsonl", start, workdir / "tensorboard")
+  progress = storage.Progress(num_steps, t.log_every)
   wall_start = time.time() - float(state["wall_seconds"])
   pending = steps.StepMetrics(t.max_nonfinite_steps)  # read on logged/checkpointed/last steps only
   text = "(compiling)"
@@ -181,7 +143,7 @@ def _run(config: ml_collections.ConfigDict, arch_dir: io.PathLike, workdir: io.P
                                                    t.eval_batch_size),
             "steps": int(state["step"]), "wall_seconds": time.time() - wall_start,
             "num_params": child_lib.count_params(state["params"])}
-  io.write_json(workdir / RESULT_FILE, result)
+  storage.write_json(workdir / RESULT_FILE, result)
   return result
 
 

@@ -45,7 +45,7 @@ from typing import Any, Iterator, Sequence
 
 from etils import epath
 
-from oneshot import io
+from oneshot import storage
 from oneshot.errors import UserError
 
 LOCK_FILE = ".oneshot-lock"
@@ -78,7 +78,7 @@ def read_json_object(path: epath.Path, fix: str) -> dict:
   try:
     value = json.loads(path.read_text())
   except (OSError, ValueError) as e:
-    raise UserError(f"cannot read {path} ({io.first_line(e)[:120]}): the file is damaged; {fix}") from None
+    raise UserError(f"cannot read {path} ({storage.first_line(e)[:120]}): the file is damaged; {fix}") from None
   if not isinstance(value, dict):
     raise UserError(f"{path} holds a JSON {type(value).__name__}, not an object: the file is damaged; "
                     f"{fix}")
@@ -182,12 +182,12 @@ def _entries(path: epath.Path) -> list[str]:
   return out
 
 
-def check(workdir: io.PathLike, config: Any, kind: str, setup: dict | None = None,
+def check(workdir: storage.PathLike, config: Any, kind: str, setup: dict | None = None,
           may_differ: Sequence[str] = ()) -> None:
   """Steps 1 and 2 of the module docstring; reads only."""
-  path = io.as_path(workdir)
-  if io.is_remote(path):
-    io.require_readable(path)
+  path = storage.as_path(workdir)
+  if storage.is_remote(path):
+    storage.require_readable(path)
   if not path.exists():
     return
   if not path.is_dir():
@@ -236,19 +236,19 @@ def held() -> Iterator[None]:
         entry[0].release()
 
 
-def claim(workdir: io.PathLike, config: Any, kind: str, setup: dict | None = None,
+def claim(workdir: storage.PathLike, config: Any, kind: str, setup: dict | None = None,
           may_differ: Sequence[str] = ()) -> epath.Path:
   """The workdir, checked (identity, same run), created and locked until the enclosing `held` block
   ends; see the module docstring. Call it inside `held()`."""
   if not _SCOPES:
     raise RuntimeError("workdir.claim must be called inside workdir.held()")
-  key = os.fspath(io.as_path(workdir) / LOCK_FILE)
+  key = os.fspath(storage.as_path(workdir) / LOCK_FILE)
   if key in _HELD:  # this process already holds it (cosearch -> search): checked by that claim
     _HELD[key][1] += 1
     _SCOPES[-1].append(key)
-    return io.as_path(workdir)
+    return storage.as_path(workdir)
   check(workdir, config, kind, setup, may_differ)
-  path = io.ensure_workdir(workdir)
+  path = storage.ensure_workdir(workdir)
   lock = _agreed_lock(path)
   try:
     check(workdir, config, kind, setup, may_differ)
@@ -266,7 +266,7 @@ def _agreed_lock(path: epath.Path) -> "_Lock":
   lock, error = _NoLock(), None
   if jax.process_index() == 0:
     try:
-      lock = _BucketLock(path / LOCK_FILE) if io.is_remote(path) else _LocalLock(path / LOCK_FILE)
+      lock = _BucketLock(path / LOCK_FILE) if storage.is_remote(path) else _LocalLock(path / LOCK_FILE)
     except UserError as e:
       error = e
   if jax.process_count() > 1:
@@ -310,7 +310,7 @@ class _LocalLock(_Lock):
     try:
       self.fd = os.open(os.fspath(path), os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-      raise io.write_error(path, e) from None
+      raise storage.write_error(path, e) from None
     try:
       fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -322,7 +322,7 @@ class _LocalLock(_Lock):
       os.pwrite(self.fd, json.dumps(_holder(), separators=(",", ":")).encode(), 0)
     except OSError as e:
       os.close(self.fd)
-      raise io.write_error(path, e) from None
+      raise storage.write_error(path, e) from None
 
   def release(self) -> None:
     os.close(self.fd)  # closing the last descriptor drops the flock
@@ -370,14 +370,14 @@ class _BucketLock(_Lock):
     except FileExistsError:
       return False
     except Exception as e:  # pylint: disable=broad-except  # storage clients raise their own types
-      raise UserError(f"cannot create the lock {path}: {io.first_line(e)}; check the bucket and that "
+      raise UserError(f"cannot create the lock {path}: {storage.first_line(e)}; check the bucket and that "
                       "its storage client supports create-if-absent (mode 'xb')") from None
 
   def _write(self) -> None:
     try:
       self.path.write_bytes(self._record())
     except Exception as e:  # pylint: disable=broad-except
-      raise io.write_error(self.path, e) from None
+      raise storage.write_error(self.path, e) from None
 
   def _beat(self) -> None:
     while not self._stop.wait(REFRESH_SECONDS):

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from oneshot.hardware.area import area_mm2
 from oneshot.hardware.schema import SettingError
 from oneshot.spaces.core import Decision, Space
 
@@ -83,8 +84,7 @@ def _area_constraint(budget: float):
   """A reason string when the point's area exceeds `budget`, via the cost model's own area formula."""
 
   def check(values: Mapping[str, Any]) -> str | None:
-    from oneshot.hardware import cost_model  # pylint: disable=import-outside-toplevel
-    area = float(cost_model.area_mm2(values["rows"], values["cols"], values["ifmap_sram_kb"],
+    area = float(area_mm2(values["rows"], values["cols"], values["ifmap_sram_kb"],
                                      values["filter_sram_kb"], values["ofmap_sram_kb"]))
     if area > budget:
       return (f"area {area:.1f} mm^2 exceeds the budget {budget:g} mm^2; lower rows/cols or SRAM, "
@@ -117,8 +117,7 @@ def feasible(space: Space, dnas: np.ndarray) -> np.ndarray:
   budget = space.skeleton.get("area_budget_mm2")
   if budget is None:
     return np.ones(len(values["rows"]), bool)
-  from oneshot.hardware import cost_model  # pylint: disable=import-outside-toplevel
-  area = cost_model.area_mm2(values["rows"], values["cols"], values["ifmap_sram_kb"],
+  area = area_mm2(values["rows"], values["cols"], values["ifmap_sram_kb"],
                              values["filter_sram_kb"], values["ofmap_sram_kb"])
   return area <= budget
 

@@ -64,17 +64,17 @@ def kill_in_save(step: int) -> None:
 
 
 def cut_metrics_at(step: int) -> None:
-  from oneshot import io  # pylint: disable=import-outside-toplevel
-  original = io.MetricsLog.write
+  from oneshot import storage  # pylint: disable=import-outside-toplevel
+  original = storage.MetricsLog.write
 
   def write(self, row, scalars=None):
     if row["step"] == step:
-      line = (io.json.dumps(row) + "\n").encode()
+      line = (storage.json.dumps(row) + "\n").encode()
       self._file.append(line[:len(line) // 2])  # pylint: disable=protected-access
       self._file.flush()  # pylint: disable=protected-access
       _die()
     original(self, row, scalars)
-  io.MetricsLog.write = write
+  storage.MetricsLog.write = write
 
 
 def full_disk_at_save(step: int) -> None:

@@ -91,13 +91,14 @@ def _digit_arrays(offset: int = 0) -> api.Arrays:
 def test_search_on_numpy_arrays_resumes_exactly_and_exports(tmp_path, capsys):
   """Your own data: a stopped-and-resumed search on arrays equals the straight one; other arrays, or a
   CLI command that cannot have the arrays, are one line."""
-  from oneshot import arrays, search  # pylint: disable=import-outside-toplevel
+  from oneshot import search_loop  # pylint: disable=import-outside-toplevel
+  from oneshot.data import arrays
   config, data = tiny_config(num_steps=4, checkpoint_every=2, log_every=2), _digit_arrays()
   straight = api.search(config, str(tmp_path / "straight"), data=data)
   with arrays.serving(data) as section:
     stopped = config.copy_and_resolve_references()
     stopped.dataset = section
-    assert search.run(stopped, str(tmp_path / "resumed"), stop_after=2) is None
+    assert search_loop.run(stopped, str(tmp_path / "resumed"), stop_after=2) is None
   resumed = api.search(config, str(tmp_path / "resumed"), data=_digit_arrays())  # equal arrays
   assert resumed.dna == straight.dna and resumed.reward == straight.reward
   assert straight.record["num_devices"] >= 1 and straight.steps == 4

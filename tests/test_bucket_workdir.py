@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from oneshot import api, checkpoint, io, search, session as session_lib, steps
+from oneshot import api, checkpoint, search_loop, session as session_lib, steps, storage
 from oneshot.errors import UserError
 from tests import faults
 from tests.conftest import config_file, tiny_config
@@ -47,7 +47,7 @@ def bucket_run(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("bucket")
   config = _config()
   local = str(tmp / "local")
-  search.run(config, local)
+  search_loop.run(config, local)
   root, cwd = tmp / "bucket-root", tmp / "cwd"
   (root / "b").mkdir(parents=True)
   cwd.mkdir()
@@ -59,7 +59,7 @@ def bucket_run(tmp_path_factory):
   os.chdir(cwd)
   try:
     with fake_bucket(str(root)):
-      search.run(config, "gs://b/run")  # the same command again, resuming from the bucket
+      search_loop.run(config, "gs://b/run")  # the same command again, resuming from the bucket
   finally:
     os.chdir(here)
   return {"config": config, "local": local, "root": root, "cwd": cwd,
@@ -86,7 +86,7 @@ def test_search_killed_and_resumed_in_a_bucket_equals_a_local_run(bucket_run):
     return [{k: v for k, v in json.loads(line).items() if k != "step_seconds"}
             for line in (d / "metrics.jsonl").read_text().splitlines()]
 
-  local = io.as_path(bucket_run["local"])
+  local = storage.as_path(bucket_run["local"])
   assert result(remote) == result(local)
   assert metrics(remote) == metrics(local)  # the killed run's rows past step 4 were dropped
   with fake_bucket(str(root)):
@@ -138,20 +138,20 @@ def test_without_a_storage_client_a_bucket_workdir_is_one_line_naming_it(monkeyp
   except ImportError:
     pass
   with pytest.raises(UserError, match=r"gcsfs.*oneshot\[gcs\]"):
-    io.ensure_workdir("gs://some-bucket/run")
+    storage.ensure_workdir("gs://some-bucket/run")
 
 
 def test_growing_files_in_a_bucket_are_rewritten_whole_at_most_every_few_seconds(tmp_path,
                                                                                 monkeypatch):
   (tmp_path / "b").mkdir()
   clock = [100.0]
-  monkeypatch.setattr(io.time, "monotonic", lambda: clock[0])
+  monkeypatch.setattr(storage.time, "monotonic", lambda: clock[0])
   object_path = tmp_path / "b" / "run" / "metrics.jsonl"
   with fake_bucket(str(tmp_path)):
-    log = io.MetricsLog("gs://b/run/metrics.jsonl", 0)
+    log = storage.MetricsLog("gs://b/run/metrics.jsonl", 0)
     log.write({"step": 1, "loss": 1.0})
     assert object_path.read_text() == ""  # GCS takes ~1 write/s per object: not every row
-    clock[0] += io.REMOTE_FLUSH_SECONDS
+    clock[0] += storage.REMOTE_FLUSH_SECONDS
     log.write({"step": 2, "loss": 0.5})
     assert [json.loads(r)["step"] for r in object_path.read_text().splitlines()] == [1, 2]
     log.write({"step": 3, "loss": 0.25})
@@ -160,6 +160,6 @@ def test_growing_files_in_a_bucket_are_rewritten_whole_at_most_every_few_seconds
     log.write({"step": 4, "loss": 0.125})
     log.close()
     assert len(object_path.read_text().splitlines()) == 4
-    resumed = io.MetricsLog("gs://b/run/metrics.jsonl", 2)  # rows past the checkpoint dropped
+    resumed = storage.MetricsLog("gs://b/run/metrics.jsonl", 2)  # rows past the checkpoint dropped
     resumed.close()
   assert [json.loads(r)["step"] for r in object_path.read_text().splitlines()] == [1, 2]

@@ -26,8 +26,6 @@ def load(name):
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_config_builds_and_supernet_initialises(name):
-  if name == "digits_nb201.py":
-    pytest.importorskip("oneshot.supernet.nasbench201")
   config = load(name)
   h, w, c, classes = CONFIGS[name]
   space = spaces.build(config.space)

@@ -263,7 +263,7 @@ def test_rank_advantage_is_scale_free_and_takes_batches(name):
 # -- the fair warm-up (FairNAS) -----------------------------------------------------------------------
 @pytest.mark.parametrize("devices", [1, 2, 3, 8])
 def test_fair_warm_up_trains_every_choice_equally_in_each_group(devices):
-  from oneshot.controllers.random import FairSampler  # pylint: disable=import-outside-toplevel
+  from oneshot.controllers.uniform import FairSampler  # pylint: disable=import-outside-toplevel
   space = _three_and_two_choice_space()
   sampler = FairSampler(space, seed=0)
   assert sampler.group_size == 6  # lcm of 3 and 2 choices
@@ -285,7 +285,7 @@ def test_fair_warm_up_trains_every_choice_equally_in_each_group(devices):
 
 
 def test_fair_warm_up_falls_back_to_the_largest_choice_count_for_long_groups():
-  from oneshot.controllers.random import FairSampler  # pylint: disable=import-outside-toplevel
+  from oneshot.controllers.uniform import FairSampler  # pylint: disable=import-outside-toplevel
   from oneshot.spaces.core import Decision, Space  # pylint: disable=import-outside-toplevel
   space = Space("coprime", (Decision("a", (0, 1, 2, 3, 4)), Decision("b", (0, 1, 2, 3)),
                             Decision("c", (0, 1, 2))))
@@ -308,11 +308,11 @@ def _three_and_two_choice_space():
 # -- the sandwich warm-up (BigNAS) ---------------------------------------------------------------------
 def _sized_space():
   from oneshot import spaces  # pylint: disable=import-outside-toplevel
-  from oneshot.hardware import layers  # pylint: disable=import-outside-toplevel
+  from oneshot.hardware import workload  # pylint: disable=import-outside-toplevel
   space = spaces.build({"name": "mobilenet", "stem_filters": 8, "stages": ((8, 2, 1), (16, 1, 2)),
                         "kernel_sizes": (3, 5), "expansion_ratios": (3, 6),
                         "width_multipliers": (0.5, 1.0), "allow_skip": True, "head_filters": 0})
-  return space, lambda dnas: layers.weight_counts(layers.layer_table(space, dnas, (8, 8, 1), 10))
+  return space, lambda dnas: workload.weight_counts(workload.layer_table(space, dnas, (8, 8, 1), 10))
 
 
 def test_weight_counts_by_hand():
@@ -329,7 +329,7 @@ def test_weight_counts_by_hand():
 
 
 def test_sandwich_extremes_are_the_largest_and_smallest_networks():
-  from oneshot.controllers.random import SandwichSampler  # pylint: disable=import-outside-toplevel
+  from oneshot.controllers.uniform import SandwichSampler  # pylint: disable=import-outside-toplevel
   space, size = _sized_space()
   every = space.enumerate()
   sampler = SandwichSampler(space, size)
@@ -342,7 +342,7 @@ def test_sandwich_extremes_are_the_largest_and_smallest_networks():
 @pytest.mark.parametrize("devices", [1, 2, 4, 8])
 @pytest.mark.slow
 def test_sandwich_gives_largest_and_smallest_one_path_in_four_each(devices):
-  from oneshot.controllers.random import SandwichSampler  # pylint: disable=import-outside-toplevel
+  from oneshot.controllers.uniform import SandwichSampler  # pylint: disable=import-outside-toplevel
   space, size = _sized_space()
   sampler = SandwichSampler(space, size)
   paths = np.concatenate([sampler.propose({"step": np.asarray(step)}, jax.random.PRNGKey(step),

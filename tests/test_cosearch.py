@@ -15,7 +15,7 @@ import pytest
 from oneshot.configs import digits_cosearch
 from oneshot import cosearch
 from oneshot.errors import UserError
-from oneshot.hardware import latency_table, settings as hardware_settings
+from oneshot.hardware import latency, latency_table, settings as hardware_settings
 from oneshot.spaces import accelerator, mobilenet
 from tests.conftest import REPO
 
@@ -74,7 +74,7 @@ def _lut(space, ms_of):
   for e in entries:
     e = {k: v for k, v in e.items() if k not in ("plan", "head", "shape")}
     out.append({**e, "ms": ms_of(e)})
-  return {"format": latency_table.FORMAT, "device_kind": "test", "batch_size": 4, "entries": out}
+  return {"format": latency.FORMAT, "device_kind": "test", "batch_size": 4, "entries": out}
 
 
 def test_latency_table_lookups_sum():
@@ -84,7 +84,7 @@ def test_latency_table_lookups_sum():
   lut = _lut(space, lambda e: code.setdefault(
       (e["part"], e["block"], e["kernel"], e["expansion"], e["width_in"], e["width_out"]),
       2.0 ** len(code)))
-  table = latency_table.LatencyTable(lut, space)
+  table = latency.LatencyTable(lut, space)
   rng = np.random.default_rng(0)
   dnas = np.stack([rng.integers(k, size=64) for k in space.num_choices], 1).astype(np.int32)
   values = [space.to_values(d) for d in dnas]
@@ -108,11 +108,11 @@ def test_latency_table_errors(tmp_path):
   lut = _lut(space, lambda e: 1.0)
   lut["entries"] = [e for e in lut["entries"] if not (e["part"] == "block" and e["block"] == 2)]
   with pytest.raises(UserError, match="no entry for block 2 .*regenerate it"):
-    latency_table.LatencyTable(lut, space)
+    latency.LatencyTable(lut, space)
   with pytest.raises(UserError, match="cannot read latency table"):
-    latency_table.load(str(tmp_path / "missing.json"), space)
+    latency.load(str(tmp_path / "missing.json"), space)
   with pytest.raises(UserError, match="unknown cost model 'simulated'"):
-    latency_table.cost_function("simulated", "", space, accelerator.build({}), (8, 8, 1), 10)
+    latency.cost_function("simulated", "", space, accelerator.build({}), (8, 8, 1), 10)
   with pytest.raises(UserError, match="--out is required"):
     latency_table.main(["--config", os.path.join("configs", "digits.py")])
 
@@ -129,7 +129,7 @@ def test_latency_table_measure_and_table_cost_model(tmp_path):
     json.dump(lut, f)
   from oneshot.spaces import build  # pylint: disable=import-outside-toplevel
   space = build(config.space)
-  fn = latency_table.cost_function("table", path, space, accelerator.build({}), (8, 8, 1), 10)
+  fn = latency.cost_function("table", path, space, accelerator.build({}), (8, 8, 1), 10)
   keep, skip = np.array([[0, 0, 0, 0, 0, 0]]), np.array([[0, 0, 0, 0, 0, 1]])
   ms = [e["ms"] for e in lut["entries"]]
   out = fn(np.concatenate([keep, skip]), np.zeros((1, 8), np.int32))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from oneshot.errors import UserError
-from oneshot.hardware import cost_model, layers, rewards, schema
+from oneshot.hardware import cost_model, rewards, schema, workload
 from oneshot.spaces import accelerator, mobilenet, nasbench201
 
 SMALL = dict(stem_filters=8, stem_stride=2, head_filters=0, stages=[(8, 1, 1), (16, 2, 2)],
@@ -46,7 +46,7 @@ def cycles(table, a):
 
 def test_conv_cycles_by_hand():
   # 3x3 conv, C=4 -> M=10, 5x5 output, on an 8-row x 4-col array: K = 3*3*4 = 36, N = 10, P = 25.
-  conv = one_layer(layers.CONV, 3, 4, 10, 5, 5)
+  conv = one_layer(workload.CONV, 3, 4, 10, 5, 5)
   # WS (Sr, Sc, T) = (36, 10, 25): ceil(36/8)=5 * ceil(10/4)=3 = 15 folds of 2*8 + 4 + 25 - 2 = 43.
   assert cycles(conv, accel(8, 4, "ws")) == 15 * 43 == 645
   # OS (25, 10, 36): ceil(25/8)=4 * 3 = 12 folds of 8 + 4 + 36 - 2 = 46.
@@ -57,19 +57,19 @@ def test_conv_cycles_by_hand():
 
 def test_depthwise_dense_and_pool_cycles_by_hand():
   # Depthwise 3x3 on C=5 channels, 4x4 output, 4x4 array: 5 GEMMs of (K, N, P) = (9, 1, 16).
-  dw = one_layer(layers.DEPTHWISE, 3, 5, 5, 4, 4)
+  dw = one_layer(workload.DEPTHWISE, 3, 5, 5, 4, 4)
   assert cycles(dw, accel(4, 4, "ws")) == 5 * (3 * 1) * (8 + 4 + 16 - 2) == 390
   assert cycles(dw, accel(4, 4, "os")) == 5 * (4 * 1) * (4 + 4 + 9 - 2) == 300
   assert cycles(dw, accel(4, 4, "is")) == 5 * (3 * 4) * (8 + 4 + 1 - 2) == 660
   # Dense 20 -> 6 (K, N, P) = (20, 6, 1): WS 5 * 2 folds of 8 + 4 + 1 - 2.
-  assert cycles(one_layer(layers.DENSE, 1, 20, 6, 1, 1), accel(4, 4, "ws")) == 10 * 11
+  assert cycles(one_layer(workload.DENSE, 1, 20, 6, 1, 1), accel(4, 4, "ws")) == 10 * 11
   # Pool 3x3 on 10 channels, 4x4 output: ceil(10/4) channel groups * 9 window taps * 16 outputs.
-  assert cycles(one_layer(layers.POOL, 3, 10, 10, 4, 4), accel(4, 4, "os")) == 3 * 9 * 16
+  assert cycles(one_layer(workload.POOL, 3, 10, 10, 4, 4), accel(4, 4, "os")) == 3 * 9 * 16
 
 
 def test_roofline_latency_by_hand():
   # Dense 1000 -> 1000 under WS: the 1e6-byte weight matrix is read once, input/output (1000 B) fit.
-  fc = one_layer(layers.DENSE, 1, 1000, 1000, 1, 1)
+  fc = one_layer(workload.DENSE, 1, 1000, 1000, 1, 1)
   out = cost_model.evaluate(fc, accel(8, 8, "ws", gbps=1.0, mhz=1000.0))
   assert out["dram_bytes"][0] == 1_000_000 + 1000 + 1000
   assert out["cycles"][0] == 125 * 125 * (16 + 8 + 1 - 2)  # 0.36 ms of compute at 1 GHz
@@ -131,7 +131,7 @@ def test_reference_cases_cover_every_dataflow_kind_and_regime():
   cases = REFERENCE["cases"]
   assert len(cases) >= 12 and REFERENCE["scalesim_version"] == "3.0.0"
   assert {c["dataflow"] for c in cases} == {"ws", "os", "is"}
-  assert {c["layer"]["kind"] for c in cases} == {layers.CONV, layers.DEPTHWISE, layers.DENSE}
+  assert {c["layer"]["kind"] for c in cases} == {workload.CONV, workload.DEPTHWISE, workload.DENSE}
   assert any(c["layer"]["stride"] > c["layer"]["R"] for c in cases)  # a strided 1x1
 
 
@@ -150,7 +150,7 @@ def _random_batch(n=300, seed=0):
   rng = np.random.default_rng(seed)
   space = mobilenet.build(SMALL)
   dnas = np.stack([rng.integers(k, size=n) for k in space.num_choices], 1)
-  table = layers.layer_table(space, dnas, (32, 32, 3), 10)
+  table = workload.layer_table(space, dnas, (32, 32, 3), 10)
   accel_space = accelerator.build({})
   values = accelerator.arrays(accel_space, accelerator.sample(accel_space, rng, n))
   return table, values
@@ -172,7 +172,7 @@ def test_more_pes_never_more_folds_and_never_slower_at_equal_utilisation():
   # Every GEMM dimension is a multiple of 256, so doubling rows or cols halves the folds exactly.
   rng = np.random.default_rng(1)
   n = 200
-  table = {k: np.full((n, 1), v) for k, v in dict(kind=layers.CONV, R=1, S=1, H=16, W=16, E=16,
+  table = {k: np.full((n, 1), v) for k, v in dict(kind=workload.CONV, R=1, S=1, H=16, W=16, E=16,
                                                      F=16, stride=1, valid=True).items()}
   table["C"] = 256 * rng.integers(1, 4, (n, 1))
   table["M"] = 256 * rng.integers(1, 4, (n, 1))
@@ -187,7 +187,7 @@ def test_more_pes_never_more_folds_and_never_slower_at_equal_utilisation():
 def test_fold_count_never_grows_with_the_array_but_fill_does():
   # Not monotone in general: a 9-deep reduction on 8 vs 256 rows is 2 folds vs 1 fold of a much longer
   # pipeline fill, so the bigger array is slower. The model must show that, not hide it.
-  conv = one_layer(layers.CONV, 3, 1, 8, 2, 2)  # K = 9, N = 8, P = 4
+  conv = one_layer(workload.CONV, 3, 1, 8, 2, 2)  # K = 9, N = 8, P = 4
   small, big = cycles(conv, accel(8, 8, "ws")), cycles(conv, accel(256, 8, "ws"))
   assert small == 2 * (16 + 8 + 4 - 2) and big == 1 * (512 + 8 + 4 - 2) and big > small
 
@@ -217,7 +217,7 @@ def test_mobilenet_layer_table_shapes():
   space = mobilenet.build(SMALL)
   values = {n: space.decisions[j].choices[0] for j, n in enumerate(space.names)}
   values.update({"stage1/width": 1.0, "block1/expansion": 3, "block1/kernel": 5, "block2/skip": True})
-  table = layers.layer_table(space, np.array([dna_of(space, values)]), (32, 32, 3), 10)
+  table = workload.layer_table(space, np.array([dna_of(space, values)]), (32, 32, 3), 10)
   assert all(v.shape == (1, 1 + 3 * 3 + 2) for v in table.values())
   assert table["valid"][0].tolist() == [True] * 7 + [False] * 3 + [True] * 2  # block2 skipped
   stem, b1_expand, b1_dw, b1_project = (
@@ -227,12 +227,12 @@ def test_mobilenet_layer_table_shapes():
   assert (b1_dw["R"], b1_dw["C"], b1_dw["H"], b1_dw["E"], b1_dw["stride"]) == (5, 12, 16, 8, 2)
   assert (b1_project["C"], b1_project["M"], b1_project["E"]) == (12, 16, 8)
   pool, dense = ({k: int(v[0, l]) for k, v in table.items()} for l in (10, 11))
-  assert (pool["kind"], pool["C"], pool["R"], pool["E"]) == (layers.POOL, 16, 8, 1)
+  assert (pool["kind"], pool["C"], pool["R"], pool["E"]) == (workload.POOL, 16, 8, 1)
   assert (dense["C"], dense["M"]) == (16, 10)
   with_head = mobilenet.build({**SMALL, "head_filters": 64})
-  assert layers.layer_table(with_head, np.zeros((2, with_head.num_decisions), int))["M"][0, -3] == 64
+  assert workload.layer_table(with_head, np.zeros((2, with_head.num_decisions), int))["M"][0, -3] == 64
   with pytest.raises(UserError, match="must be in"):
-    layers.layer_table(space, np.full((1, space.num_decisions), 7))
+    workload.layer_table(space, np.full((1, space.num_decisions), 7))
 
 
 def test_nasbench201_layer_table():
@@ -240,8 +240,8 @@ def test_nasbench201_layer_table():
   dnas = np.array([space.parse("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"),
                    space.parse("|nor_conv_3x3~0|+|skip_connect~0|avg_pool_3x3~1|"
                                "+|nor_conv_1x1~0|none~1|none~2|")])
-  table = layers.layer_table(space, dnas, (16, 16, 3), 10)
-  assert table["kind"].shape == (2, 1 + 3 * 2 * 6 + 2 * 4 + 2) == (2, layers.num_slots(space))
+  table = workload.layer_table(space, dnas, (16, 16, 3), 10)
+  assert table["kind"].shape == (2, 1 + 3 * 2 * 6 + 2 * 4 + 2) == (2, workload.num_slots(space))
   assert table["valid"].sum(1).tolist() == [1 + 8 + 2, 1 + 8 + 2 + 3 * 2 * 3]
   assert table["C"][1, -1] == 16 and table["H"][1, -2] == 4  # 4 -> 8 -> 16 channels, 16 -> 8 -> 4 px
   out = cost_model.evaluate(table, accel(16, 16, "ws", n=2))
@@ -269,7 +269,7 @@ def test_cost_convenience_matches_evaluate():
   dnas = np.zeros((3, space.num_decisions), int)
   accel_dnas = np.ones((3, accel_space.num_decisions), int)
   out = cost_model.cost(space, dnas, accel_space, accel_dnas, (32, 32, 3), 10)
-  ref = cost_model.evaluate(layers.layer_table(space, dnas, (32, 32, 3), 10),
+  ref = cost_model.evaluate(workload.layer_table(space, dnas, (32, 32, 3), 10),
                             accelerator.arrays(accel_space, accel_dnas))
   assert all(np.array_equal(out[k], ref[k]) for k in ref)
 

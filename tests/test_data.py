@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from oneshot import builders, data, order
+from oneshot import data
+from oneshot.data import builders, order
 from oneshot.errors import UserError
 
 

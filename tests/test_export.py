@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from oneshot import (checkpoint, cli, configuration, export, io, search, session as session_lib,
-                     steps, supernet)
+from oneshot import (checkpoint, cli, configuration, export, search_loop, session as session_lib,
+                     steps, storage, supernet)
 from oneshot import child as child_lib
 from oneshot.errors import UserError
 from tests.conftest import REPO, tiny_config
@@ -45,21 +45,19 @@ class Searched:
   """
 
   def __init__(self, space: str, root, searched: bool = True):
-    pytest.importorskip(f"oneshot.models.{space}")
-    pytest.importorskip(f"oneshot.supernet.{space}")
     self.config = _config(space)
     self.workdir = str(root / "search")
     if searched:
-      self.result = search.run(self.config, self.workdir)
+      self.result = search_loop.run(self.config, self.workdir)
       self.sess = session_lib.build(self.config)
     else:
       self.sess = session_lib.build(self.config)
       state = self.sess.initial_state(steps.make_optimizer(self.config))
       checkpoint.save(checkpoint.manager(self.workdir), 0, state)
-      io.write_text(os.path.join(self.workdir, "config.json"), configuration.to_json(self.config))
+      storage.write_text(os.path.join(self.workdir, "config.json"), configuration.to_json(self.config))
       dna = self.sess.space.sample(np.random.default_rng(1))
       self.result = self.sess.space.to_json(dna)
-      io.write_json(os.path.join(self.workdir, "search_result.json"), self.result)
+      storage.write_json(os.path.join(self.workdir, "search_result.json"), self.result)
     self.out = str(root / "export")
     self.record = export.export(self.workdir, self.out, recalibrate_batches=2)
     self.params = session_lib.restore_params(self.sess, self.workdir)["params"]
@@ -260,7 +258,7 @@ def test_train_fine_tunes_from_the_export(mobilenet, tmp_path):
 def test_standalone_training_through_the_supernet_is_the_childs(mobilenet):
   """rank's shortcut: S steps of the supernet on one path train exactly the child, from the child's
   own initialisation distribution."""
-  from oneshot import rank, train  # pylint: disable=import-outside-toplevel
+  from oneshot import rank, steps  # pylint: disable=import-outside-toplevel
   s = mobilenet
   sess, space = s.sess, s.space
   dna = space.sample(np.random.default_rng(5))
@@ -273,11 +271,11 @@ def test_standalone_training_through_the_supernet_is_the_childs(mobilenet):
   big = max(jax.tree.leaves(own), key=np.size)
   mine_big = max(jax.tree.leaves(mine), key=np.size)
   assert abs(np.std(mine_big) / np.std(big) - 1) < 0.15  # same init scale as the child's own
-  tx = train.optimizer(s.config, 10)
+  tx = steps.make_optimizer(s.config, 10)
   step = steps.make_train_step(sess.model, tx, sess.mesh, sess.frozen, sync_batch_norm=True)
   paths = steps.shard_paths(sess.mesh, np.tile(np.asarray(dna, np.int32), (sess.num_devices, 1)))
   child_vars = supernet.child_variables(space, {"params": params, **jax.device_get(sess.frozen)}, dna)
-  child_step = train.make_train_step(child, tx)
+  child_step = steps.make_child_train_step(child, tx)
   p, opt = steps.replicate(sess.mesh, params), steps.replicate(sess.mesh, tx.init(params))
   cp, cs, copt = child_vars["params"], child_vars["batch_stats"], tx.init(child_vars["params"])
   for i in range(3):  # step 0 has learning rate 0 (warm-up)
@@ -343,13 +341,13 @@ def test_sample_is_balanced_and_distinct(mobilenet):
 
 
 def test_rank_statistics():
-  from oneshot import rank  # pylint: disable=import-outside-toplevel
-  stats = rank.correlations([0.1, 0.2, 0.3, 0.4], [0.15, 0.25, 0.35, 0.45], 2)
+  from oneshot import rank, rank_stats  # pylint: disable=import-outside-toplevel
+  stats = rank_stats.correlations([0.1, 0.2, 0.3, 0.4], [0.15, 0.25, 0.35, 0.45], 2)
   assert stats["kendall_tau"] == pytest.approx(1) and stats["spearman"] == pytest.approx(1)
   assert stats["top_k_overlap"] == 1
-  stats = rank.correlations([0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1], 2)
+  stats = rank_stats.correlations([0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1], 2)
   assert stats["kendall_tau"] == pytest.approx(-1) and stats["top_k_overlap"] == 0
-  assert rank.correlations([0.5, 0.5, 0.5], [0.1, 0.2, 0.3], 1)["kendall_tau"] is None
+  assert rank_stats.correlations([0.5, 0.5, 0.5], [0.1, 0.2, 0.3], 1)["kendall_tau"] is None
   archs = [{"is_search_result": True, "standalone_accuracy": 0.9}] + [
       {"is_search_result": False, "standalone_accuracy": a} for a in (0.8, 0.9, 0.95, 0.7)]
   assert rank.search_percentile(archs) == pytest.approx(100 * 2.5 / 4)
@@ -357,21 +355,23 @@ def test_rank_statistics():
 
 @pytest.mark.slow
 def test_rank_uncertainty_separates_a_clear_margin_from_noise():
-  from oneshot import rank  # pylint: disable=import-outside-toplevel
+  from oneshot import rank_stats  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   truth = rng.normal(size=20)
   # The supernet orders perfectly, the parameter count backwards: the margin is 2 and sure.
-  sure = rank.tau_uncertainty(truth, -truth, truth)
-  assert sure["kendall_tau_margin_over_num_params"] == pytest.approx(2)
-  assert sure["kendall_tau_margin_interval_90"][0] > 1.5
+  sure = rank_stats.tau_uncertainty(truth, -truth, truth)
+  assert sure["margin"] == pytest.approx(2)
+  assert sure["margin_interval_90"][0] > 1.5
   # Two rankers equally noisy: the margin's interval holds 0, tau's standard error is ~0.1-0.2.
-  noisy = rank.tau_uncertainty(truth + rng.normal(size=20), truth + rng.normal(size=20), truth)
-  low, high = noisy["kendall_tau_margin_interval_90"]
+  noisy = rank_stats.tau_uncertainty(truth + rng.normal(size=20), truth + rng.normal(size=20),
+                                     truth)
+  low, high = noisy["margin_interval_90"]
   assert low < 0 < high and high - low > 0.2
-  assert 0.05 < noisy["kendall_tau_standard_error"] < 0.3
-  assert rank.tau_uncertainty(truth, truth, truth) == rank.tau_uncertainty(truth, truth, truth)
-  assert rank.tau_uncertainty([0.5] * 4, [1, 2, 3, 4], [1, 2, 3, 4])[
-      "kendall_tau_standard_error"] is None
+  assert 0.05 < noisy["standard_error"] < 0.3
+  assert (rank_stats.tau_uncertainty(truth, truth, truth)
+          == rank_stats.tau_uncertainty(truth, truth, truth))
+  assert rank_stats.tau_uncertainty([0.5] * 4, [1, 2, 3, 4], [1, 2, 3, 4])[
+      "standard_error"] is None
 
 
 def test_rank_ground_truth_does_not_depend_on_the_search_seed():

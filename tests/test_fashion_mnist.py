@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from oneshot import builders, data
+from oneshot import data
+from oneshot.data import builders
 from oneshot.errors import UserError
 
 NAMES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from oneshot import UserError, api, cli, controllers, nas, search, spaces, supernet
+from oneshot import UserError, api, cli, controllers, nas, search_loop, spaces, supernet
 from oneshot.spaces.core import Decision, Space
 from tests.conftest import REPO, tiny_config
 
@@ -163,9 +163,9 @@ def test_gradient_controller_resumes_exactly(tmp_path):
   config = tiny_config(num_steps=6, checkpoint_every=3, log_every=2)
   config.controller.name = "gdas"
   config.train.uniform_fraction = 0.0
-  straight = search.run(config, str(tmp_path / "a"))
-  assert search.run(config, str(tmp_path / "b"), stop_after=3) is None
-  resumed = search.run(config, str(tmp_path / "b"))
+  straight = search_loop.run(config, str(tmp_path / "a"))
+  assert search_loop.run(config, str(tmp_path / "b"), stop_after=3) is None
+  resumed = search_loop.run(config, str(tmp_path / "b"))
   assert resumed["dna"] == straight["dna"] and resumed["controller"] == straight["controller"]
 
 
@@ -185,7 +185,7 @@ def test_one_device_search_writes_the_usual_files(tmp_path):
   config.controller.name = "proxyless"
   config.num_devices = 1
   config.train.uniform_fraction = 0.0
-  result = search.run(config, str(tmp_path))
+  result = search_loop.run(config, str(tmp_path))
   assert result["num_devices"] == 1 and result["controller_name"] == "proxyless"
   for name in ("search_result.json", "metrics.jsonl", "controller.png", "controller_history.json",
                "config.json"):
@@ -202,7 +202,7 @@ def test_gradient_controllers_answer_argmax_alpha_with_the_rescored_pick_beside(
   config.train.uniform_fraction = 0.0
   config.select.num_candidates = 6
   config.select.top_k = 3
-  result = search.run(config, str(tmp_path))
+  result = search_loop.run(config, str(tmp_path))
   space = spaces.build(config.space)
   probs = [result["controller"][d.name] for d in space.decisions]
   argmax = space.canonical(np.asarray([[int(np.argmax(p)) for p in probs]], np.int32))[0]
@@ -213,6 +213,6 @@ def test_gradient_controllers_answer_argmax_alpha_with_the_rescored_pick_beside(
   assert pick["rescore"] == max(f["rescore"] for f in selection["finalists"])
   assert pick["accuracy"] is not None and "accuracy" in selection["finalists"][0]
   rescored = controllers.build("darts", space, {"answer": "rescored"})
-  assert search.answer_rule(rescored) == "rescored"
+  assert search_loop.answer_rule(rescored) == "rescored"
   with pytest.raises(UserError, match="controller.answer"):
     controllers.build("gdas", space, {"answer": "best"})

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from oneshot import cli, search, spaces
+from oneshot import cli, search_loop, spaces
 from oneshot.configs import common, digits_cosearch
 from oneshot.errors import UserError
 from oneshot.hardware import rewards, schema, settings, target
@@ -104,10 +104,10 @@ def test_a_cosearch_config_as_a_latency_target():
 @pytest.mark.slow
 def test_search_reports_the_answers_latency_only_with_a_target(tmp_path):
   config = tiny_config(num_steps=4, checkpoint_every=4)
-  plain = search.run(config, str(tmp_path / "plain"))
+  plain = search_loop.run(config, str(tmp_path / "plain"))
   assert "latency_ms" not in plain
   config.hardware.target_latency_ms = 0.05
-  result = search.run(config, str(tmp_path / "target"))
+  result = search_loop.run(config, str(tmp_path / "target"))
   saved = json.loads((tmp_path / "target" / "search_result.json").read_text())
   for key in ("latency_ms", "energy_mj", "target_latency_ms", "hardware_reward", "cost_model"):
     assert saved[key] == result[key], key

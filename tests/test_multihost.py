@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from oneshot import checkpoint, search, session as session_lib, steps
+from oneshot import checkpoint, search_loop, session as session_lib, steps
 from tests.conftest import REPO, config_file, tiny_config
 
 STEPS = 10
@@ -79,7 +79,7 @@ def reference(tmp_path_factory):
   config = tiny_config(num_steps=STEPS, checkpoint_every=5)
   config.num_devices = 4
   workdir = str(tmp_path_factory.mktemp("one"))
-  return workdir, config, search.run(config, workdir)
+  return workdir, config, search_loop.run(config, workdir)
 
 
 def _assert_matches(workdir: str, reference) -> None:

@@ -15,8 +15,8 @@ import numpy as np
 import optax
 import pytest
 
-from oneshot.models.nasbench201 import NasBench201
-from oneshot.supernet.nasbench201 import NasBench201Supernet, child_variables
+from oneshot.models.nasbench201_child import NasBench201
+from oneshot.supernet.nasbench201_supernet import NasBench201Supernet, child_variables
 from oneshot.spaces import nasbench201
 
 SPACE = nasbench201.build(dict(channels=4, cells_per_stage=1))

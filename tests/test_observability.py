@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from oneshot import UserError, io, search
+from oneshot import UserError, search_loop, storage
 from tests.conftest import tiny_config
 
 
@@ -43,7 +43,7 @@ def _scalars(events) -> dict[str, dict[int, float]]:
 @pytest.mark.slow
 def test_search_writes_tensorboard_scalars_at_the_logged_steps(tmp_path):
   config = tiny_config(num_steps=4, log_every=2, checkpoint_every=4)
-  search.run(config, str(tmp_path))
+  search_loop.run(config, str(tmp_path))
   events = _events(str(tmp_path / "tensorboard"))
   assert events[0].file_version == "brain.Event:2"
   scalars = _scalars(events)
@@ -57,11 +57,11 @@ def test_search_writes_tensorboard_scalars_at_the_logged_steps(tmp_path):
 
 
 def test_a_resumed_log_hides_the_earlier_runs_later_events(tmp_path):
-  log = io.MetricsLog(str(tmp_path / "metrics.jsonl"), 0, str(tmp_path / "tb"))
+  log = storage.MetricsLog(str(tmp_path / "metrics.jsonl"), 0, str(tmp_path / "tb"))
   for step in (1, 2, 3):
     log.write({"step": step, "loss": float(step)})
   log.close()
-  log = io.MetricsLog(str(tmp_path / "metrics.jsonl"), 2, str(tmp_path / "tb2"))
+  log = storage.MetricsLog(str(tmp_path / "metrics.jsonl"), 2, str(tmp_path / "tb2"))
   log.write({"step": 3, "loss": 13.0})
   log.close()
   purge = [e for e in _events(str(tmp_path / "tb2")) if e.HasField("session_log")]
@@ -72,14 +72,14 @@ def test_a_resumed_log_hides_the_earlier_runs_later_events(tmp_path):
 def test_an_unwritable_tensorboard_directory_is_one_line(tmp_path):
   (tmp_path / "file").write_text("")
   with pytest.raises(UserError, match="cannot write .*disk is not full"):
-    io.MetricsLog(str(tmp_path / "metrics.jsonl"), 0, str(tmp_path / "file" / "tb"))
+    storage.MetricsLog(str(tmp_path / "metrics.jsonl"), 0, str(tmp_path / "file" / "tb"))
 
 
 def test_progress_lines_show_rate_and_eta(monkeypatch):
   clock = iter([100.0, 110.0, 120.0])
-  monkeypatch.setattr(io.time, "time", lambda: next(clock))
+  monkeypatch.setattr(storage.time, "time", lambda: next(clock))
   stream = stdio.StringIO()
-  progress = io.Progress(total=100, every=10, stream=stream)
+  progress = storage.Progress(total=100, every=10, stream=stream)
   progress.update(10, "a")   # the first line: no rate yet (it would include compilation)
   progress.update(20, "b")   # 10 steps in 10 s
   progress.update(30, "c")

@@ -50,7 +50,7 @@ def test_the_wheel_installs_only_the_oneshot_package(tmp_path):
     if top_level:
       assert z.read(top_level[0]).decode().split() == ["oneshot"]
   for path in ("oneshot/controllers/tunas.py", "oneshot/spaces/core.py", "oneshot/configs/digits.py",
-               "oneshot/launch/tpu.py", "oneshot/supernet/mobilenet.py"):
+               "oneshot/launch/tpu.py", "oneshot/supernet/mobilenet_supernet.py"):
     assert path in names, path
 
 

@@ -9,10 +9,10 @@ import signal
 import numpy as np
 import pytest
 
-from oneshot import augment
+from oneshot.data import augment
 from oneshot import data
-from oneshot import pipeline
-from oneshot import synthetic
+from oneshot.data import pipeline
+from oneshot.data import synthetic
 from oneshot.configs import cifar10, digits as digits_config, fashion_mnist, imagenet_mobilenet
 from oneshot.errors import UserError
 

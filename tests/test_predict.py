@@ -237,7 +237,7 @@ def test_replacing_an_export_stays_strict(digits, tmp_path, capsys):
 def test_fashion_mnist_export_predicts_a_folder_of_pngs(tmp_path, capsys):
   """The dataset with class names: a shrunk configs/fashion_mnist.py space, exported untrained."""
   # pylint: disable=import-outside-toplevel
-  from oneshot import checkpoint, configuration, io, session as session_lib, steps
+  from oneshot import checkpoint, configuration, session as session_lib, steps, storage
   config = api.get_config("fashion_mnist")
   config.cpu_devices = 0
   config.space.stages = ((8, 1, 1), (12, 1, 2))
@@ -246,7 +246,7 @@ def test_fashion_mnist_export_predicts_a_folder_of_pngs(tmp_path, capsys):
   workdir = str(tmp_path / "search")
   sess = session_lib.build(config)
   checkpoint.save(checkpoint.manager(workdir), 0, sess.initial_state(steps.make_optimizer(config)))
-  io.write_text(os.path.join(workdir, "config.json"), configuration.to_json(config))
+  storage.write_text(os.path.join(workdir, "config.json"), configuration.to_json(config))
   dna = ",".join("0" for _ in range(sess.space.num_decisions))
   out = str(tmp_path / "export")
   assert cli.main(["export", "--workdir", workdir, "--out", out, "--dna", dna,

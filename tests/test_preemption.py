@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from oneshot import checkpoint, cli, search, session as session_lib, steps
+from oneshot import checkpoint, cli, search_loop, session as session_lib, steps
 from tests import faults
 from tests.conftest import REPO, config_file, tiny_config
 
@@ -36,7 +36,7 @@ def reference(tmp_path_factory):
   """An uninterrupted search, in this process."""
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
   config = _config()
-  search.run(config, workdir)
+  search_loop.run(config, workdir)
   return workdir, config
 
 
@@ -104,7 +104,7 @@ def test_sigkill_resume_is_exact_for_a_gradient_controller(tmp_path):
   config = _config()
   config.controller.name = "gdas"
   config.train.uniform_fraction = 0.0
-  search.run(config, str(tmp_path / "uninterrupted"))
+  search_loop.run(config, str(tmp_path / "uninterrupted"))
   _kill_resume_and_compare(str(tmp_path / "uninterrupted"), config, tmp_path, "kill-before-save", 6,
                            previous_checkpoint=4)
 
@@ -118,7 +118,7 @@ def test_metrics_line_cut_by_a_kill_with_the_default_executor_and_controller(tmp
   config.supernet.executor = "auto"
   config.controller.name = "enas"
   config.controller.learning_rate = None  # ENAS's own
-  search.run(config, str(tmp_path / "uninterrupted"))
+  search_loop.run(config, str(tmp_path / "uninterrupted"))
   _kill_resume_and_compare(str(tmp_path / "uninterrupted"), config, tmp_path, "cut-metrics-at", 6,
                            previous_checkpoint=4,
                            check_killed=lambda w: not open(os.path.join(w, "metrics.jsonl")).read()
@@ -167,7 +167,7 @@ def test_sigterm_checkpoints_at_the_step_boundary_exits_0_and_resumes(reference,
   assert not os.path.exists(os.path.join(workdir, "search_result.json"))
   assert "Traceback" not in output
 
-  search.run(config, workdir)  # the same command, in this process: completes from `step`
+  search_loop.run(config, workdir)  # the same command, in this process: completes from `step`
   _assert_same_run(workdir, reference_dir, config)
 
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from oneshot import checkpoint, cli, search, session as session_lib, steps
+from oneshot import checkpoint, cli, search_loop, session as session_lib, steps
 from tests.conftest import REPO, tiny_config
 
 
@@ -23,7 +23,7 @@ def _state(workdir, config):
 def straight(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("straight"))
   config = tiny_config()
-  result = search.run(config, workdir)
+  result = search_loop.run(config, workdir)
   return workdir, config, result
 
 
@@ -53,8 +53,8 @@ def test_search_writes_the_contracted_outputs(straight):
 def test_stop_and_resume_equals_straight_run(straight, tmp_path):
   workdir, config, result = straight
   resumed_dir = str(tmp_path)
-  assert search.run(config, resumed_dir, stop_after=3) is None
-  resumed = search.run(config, resumed_dir)
+  assert search_loop.run(config, resumed_dir, stop_after=3) is None
+  resumed = search_loop.run(config, resumed_dir)
   a, b = _state(workdir, config), _state(resumed_dir, config)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -98,7 +98,7 @@ def test_cli_has_no_traceback_for_bad_input_in_a_fresh_process(tmp_path):
 def test_every_controller_drives_the_search(name, tmp_path):
   config = tiny_config(num_steps=4, checkpoint_every=4, log_every=2)
   config.controller.name = name
-  result = search.run(config, str(tmp_path))
+  result = search_loop.run(config, str(tmp_path))
   assert result["controller_name"] == name and result["steps"] == 4
   assert len(result["dna"]) == len(result["controller"])
   assert os.path.getsize(tmp_path / "controller.png") > 1000
@@ -130,8 +130,7 @@ def test_metrics_are_read_from_the_device_only_on_logged_and_checkpointed_steps(
   loops read loss/accuracy/finite only where a row is logged or a checkpoint written."""
   from oneshot import export, train  # pylint: disable=import-outside-toplevel
   reads, calls = [], []
-  module = search if program == "search" else train
-  make = module.steps.make_train_step if program == "search" else train.make_train_step
+  make = steps.make_train_step if program == "search" else steps.make_child_train_step
 
   def watching(*args, **kwargs):
     step = make(*args, **kwargs)
@@ -146,11 +145,11 @@ def test_metrics_are_read_from_the_device_only_on_logged_and_checkpointed_steps(
   config.controller.name = "random"
   if program == "search":
     monkeypatch.setattr(steps, "make_train_step", watching)
-    search.run(config, str(tmp_path / "s"))
+    search_loop.run(config, str(tmp_path / "s"))
   else:
-    search.run(config, str(tmp_path / "s"))
+    search_loop.run(config, str(tmp_path / "s"))
     export.main(["--workdir", str(tmp_path / "s"), "--out", str(tmp_path / "arch")])
-    monkeypatch.setattr(train, "make_train_step", watching)
+    monkeypatch.setattr(steps, "make_child_train_step", watching)
     train.run(config, str(tmp_path / "arch"), str(tmp_path / "t"))
   assert calls and sorted(set(reads)) == [3, 5, 6, 7]
 
@@ -161,7 +160,7 @@ def test_warm_up_paths_are_drawn_a_logged_block_at_a_time_and_equal_step_by_step
   """The uniform sampler draws on the device and reads the draw back: drawn step by step, that read
   waited for the train step in flight every step. Drawn after the loop's own read, a block up to the
   next logged step at once, it waits for nothing; the keys and so the paths stay those of each step."""
-  from oneshot.controllers.random import RandomController  # pylint: disable=import-outside-toplevel
+  from oneshot.controllers.uniform import RandomController  # pylint: disable=import-outside-toplevel
   config = tiny_config(num_steps=7, log_every=3, checkpoint_every=100)
   config.train.uniform_fraction = 1.0
   calls, draws = [], []
@@ -177,14 +176,14 @@ def test_warm_up_paths_are_drawn_a_logged_block_at_a_time_and_equal_step_by_step
 
   monkeypatch.setattr(steps, "make_train_step", counting)
   monkeypatch.setattr(RandomController, "propose", recording)
-  search.run(config, str(tmp_path / "s"))
+  search_loop.run(config, str(tmp_path / "s"))
   assert draws == [(s, s // 3 * 3) for s in range(7)]
 
   sess = session_lib.build(config)
   key, sampler = jax.random.PRNGKey(5), RandomController(sess.space)
-  expected = [propose(sampler, {"step": np.asarray(s)}, search.step_keys(key, s)[0], 8)
+  expected = [propose(sampler, {"step": np.asarray(s)}, search_loop.step_keys(key, s)[0], 8)
               for s in range(7)]
   for first in (0, 2):  # a run from the start, and one resumed mid-block
-    paths = search._WarmupPaths(sampler, key, 8, 3, 7)  # pylint: disable=protected-access
+    paths = search_loop._WarmupPaths(sampler, key, 8, 3, 7)  # pylint: disable=protected-access
     for s in range(first, 7):
       np.testing.assert_array_equal(paths(s), expected[s])

@@ -13,7 +13,7 @@ from oneshot import spaces
 from oneshot.configs.digits import get_config
 from oneshot.controllers.evolution import EvolutionController
 from oneshot.controllers.rsws import select
-from oneshot import checkpoint, io, search, session as session_lib, steps
+from oneshot import checkpoint, search_loop, session as session_lib, steps, storage
 from tests.conftest import tiny_config
 
 
@@ -28,7 +28,7 @@ def random_searches(tmp_path_factory):
     config.select.num_candidates = 40
     config.select.top_k = 5
     workdir = str(tmp_path_factory.mktemp(f"random{seed}"))
-    out.append((workdir, config, search.run(config, workdir)))
+    out.append((workdir, config, search_loop.run(config, workdir)))
   return out
 
 
@@ -64,7 +64,7 @@ def test_recalibrated_rescore_is_the_exported_childs_accuracy(random_searches, t
   state = checkpoint.restore_latest(checkpoint.manager(workdir),
                                     sess.initial_state(steps.make_optimizer(config)))[1]
   state["params"] = steps.replicate(sess.mesh, state["params"])
-  result = search._finish(sess, state, io.as_path(tmp_path), [], 0.0, True)
+  result = search_loop._finish(sess, state, storage.as_path(tmp_path), [], 0.0, True)
 
   def recalibrated(dna):
     runner, variables = child_lib.recalibrated_child(sess, state["params"], dna, 3)
@@ -165,6 +165,6 @@ def test_random_search_without_rewards_has_no_controller_choice(tmp_path):
   config.controller.name = "random"
   config.select.num_candidates = 4
   config.select.top_k = 2
-  result = search.run(config, str(tmp_path / "w"))
+  result = search_loop.run(config, str(tmp_path / "w"))
   assert result["selection"]["controller_choice"] is None
   assert result["dna"] is not None

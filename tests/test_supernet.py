@@ -196,7 +196,7 @@ def test_kernel_transform_matches_the_child(executor):
 @pytest.mark.slow
 def test_blocks_keep_their_residual_when_depth_is_not_searched():
   """allow_skip=False removes the skip decisions, not the residual of stride-1, equal-width blocks."""
-  from oneshot.models.mobilenet import plan  # pylint: disable=import-outside-toplevel
+  from oneshot.models.mobilenet_child import plan  # pylint: disable=import-outside-toplevel
   space = spaces.build(dict(CONFIG, allow_skip=False, width_multipliers=(1.0,)))
   assert not any(name.endswith("/skip") for name in space.names)
   dna = tuple([0] * space.num_decisions)

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from oneshot import api, checkpoint, cli, export, search, steps, workdir as workdir_lib
+from oneshot import api, checkpoint, cli, export, search_loop, workdir as workdir_lib
 from oneshot import child as child_lib
 from oneshot.errors import UserError
 from tests.conftest import REPO, config_file, tiny_config
@@ -77,7 +77,7 @@ def searched(tmp_path_factory):
   root = tmp_path_factory.mktemp("searched")
   config = tiny_config()
   workdir = str(root / "w")
-  assert search.run(config, workdir, stop_after=3) is None
+  assert search_loop.run(config, workdir, stop_after=3) is None
   return config, workdir
 
 
@@ -269,7 +269,7 @@ def test_damaged_controller_history_is_rebuilt(searched, tmp_path, capsys):
   mine = _copy(workdir, tmp_path / "w")
   with open(os.path.join(mine, "controller_history.json"), "w") as f:
     f.write('{"history": [{"step": 2, "probab')
-  result = search.run(config, mine)
+  result = search_loop.run(config, mine)
   assert result is not None and result["steps"] == 6
   assert "controller_history.json is damaged" in capsys.readouterr().err
   with open(os.path.join(mine, "controller_history.json")) as f:

@@ -56,7 +56,7 @@ Energy: MACs * MAC_PJ + SRAM bytes * sram_pj_per_byte(size) + DRAM bytes * DRAM_
   bytes the array's reads/writes per dataflow (SCALE-Sim's ifmap_reads/filter_reads/ofmap_writes) plus the
   DRAM fills; a pool's additions count as MACs. No leakage term, so an idle oversized array costs energy
   only through the SRAM size it implies.
-Area: PEs * PE_AREA_MM2 + SRAM KiB * SRAM_MM2_PER_KB (no control, NoC or PHY).
+Area: PEs * PE_AREA_MM2 + SRAM KiB * SRAM_MM2_PER_KB (no control, NoC or PHY; `oneshot.hardware.area`).
 """
 
 from __future__ import annotations
@@ -67,6 +67,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from oneshot.errors import UserError
+from oneshot.hardware import workload
+from oneshot.hardware.area import area_mm2  # re-exported: the model's area is the space's area rule
+from oneshot.spaces import accelerator
 
 if TYPE_CHECKING:
   from oneshot.spaces.core import Space
@@ -81,26 +84,12 @@ MAC_PJ = 0.2 + 0.1
 SRAM_PJ_PER_BYTE_8KB = 10.0 / 8
 # Same table, DRAM 1.3-2.6 nJ per 64-bit access; the midpoint per byte.
 DRAM_PJ_PER_BYTE = 1950.0 / 8
-# Horowitz 2014 areas: 8b mult 282 um^2, 32b add 137 um^2; plus 48 flip-flop bits (weight, passing
-# activation, partial sum) at 4.522 um^2 each (Nangate 45 nm Open Cell Library DFF_X1).
-PE_AREA_MM2 = (282.0 + 137.0 + 48 * 4.522) * 1e-6
-# 45 nm 6T cell 0.346 um^2 (Mistry et al., IEDM 2007) at ~50% array efficiency (CACTI-like periphery).
-SRAM_MM2_PER_KB = 8192 * 0.346 / 0.5 * 1e-6
 
 WS, OS, IS = 0, 1, 2  # dataflow codes, the order of spaces.accelerator.DATAFLOWS
-CONV, DEPTHWISE, DENSE, POOL = 0, 1, 2, 3  # layer kinds, as oneshot.hardware.layers
+CONV, DEPTHWISE, DENSE, POOL = 0, 1, 2, 3  # layer kinds, as oneshot.hardware.workload
 ACCEL_FIELDS = ("rows", "cols", "ifmap_sram_kb", "filter_sram_kb", "ofmap_sram_kb", "dataflow",
                 "dram_gbps", "clock_mhz")
 _CHUNK_ELEMENTS = 1 << 16  # rows * layers per chunk: keeps temporaries in cache (benchmarks/cost_model.py)
-
-
-def area_mm2(rows: ArrayLike, cols: ArrayLike, ifmap_sram_kb: ArrayLike, filter_sram_kb: ArrayLike,
-             ofmap_sram_kb: ArrayLike) -> np.ndarray:
-  """Silicon area of the array plus its three SRAMs (vectorised; also the space's area constraint)."""
-  pes = np.asarray(rows, np.float64) * np.asarray(cols, np.float64)
-  kb = (np.asarray(ifmap_sram_kb, np.float64) + np.asarray(filter_sram_kb, np.float64)
-        + np.asarray(ofmap_sram_kb, np.float64))
-  return pes * PE_AREA_MM2 + kb * SRAM_MM2_PER_KB
 
 
 def sram_pj_per_byte(size_kb: ArrayLike) -> np.ndarray:
@@ -120,7 +109,7 @@ def evaluate(layer_table: Mapping[str, np.ndarray], accel_values: Mapping[str, A
              per_layer: bool = False) -> dict[str, np.ndarray]:
   """Latency (ms), energy (mJ), area (mm^2), compute cycles, DRAM bytes and MACs per pair.
 
-  `layer_table` fields are [..., L] (see oneshot.hardware.layers); each accelerator value is an array
+  `layer_table` fields are [..., L] (see oneshot.hardware.workload); each accelerator value is an array
   broadcastable against the leading dims ([N] against [N, L] pairs them; [1, M] against [N, 1, L] is the
   full grid). `dataflow` is an int code (0 ws, 1 os, 2 is) or its name. With `per_layer`, also
   `layer_cycles`, `layer_latency_ms` and the DRAM bytes per operand, `layer_dram_ifmap`,
@@ -131,7 +120,7 @@ def evaluate(layer_table: Mapping[str, np.ndarray], accel_values: Mapping[str, A
              if f not in layer_table]
   if missing:
     raise UserError(f"layer table lacks fields {missing}; build it with "
-                    "oneshot.hardware.layers.layer_table")
+                    "oneshot.hardware.workload.layer_table")
   accel = _accel_arrays(accel_values)
   lead = np.broadcast_shapes(np.shape(layer_table["kind"])[:-1], *(a.shape for a in accel.values()))
   num_layers = np.shape(layer_table["kind"])[-1]
@@ -268,8 +257,6 @@ def cost(space: Space, dnas: np.ndarray, accel_space: Space, accel_dnas: np.ndar
          image_shape: Sequence[int] = (224, 224, 3), num_classes: int = 1000,
          per_layer: bool = False) -> dict[str, np.ndarray]:
   """Costs of architecture DNAs [N, D] paired with accelerator DNAs [N, D'] (either N may be 1)."""
-  from oneshot.hardware import layers  # pylint: disable=import-outside-toplevel
-  from oneshot.spaces import accelerator  # pylint: disable=import-outside-toplevel
-  table = layers.layer_table(space, dnas, image_shape, num_classes)
+  table = workload.layer_table(space, dnas, image_shape, num_classes)
   return evaluate(table, accelerator.arrays(accel_space, accel_dnas), per_layer)
 

@@ -4,7 +4,7 @@
 to set (`--config.hardware.<key>`: the only place that spelling is written), and returns a `Hardware`
 that the latency target and the co-search both take: the reward with its constants, the device and
 the device space, the cost model. The checks themselves live beside the values they guard (rewards.py,
-latency_table.py, spaces/accelerator.py); this module adds only the rules of each use:
+latency.py, spaces/accelerator.py); this module adds only the rules of each use:
   - a latency-targeted search (`use="search"` with `target_latency_ms` set) times the device
     (`accelerator`) with reward tunas or mnas on latency;
   - a co-search (`use="cosearch"`) searches the device space (`accelerator_choices`), with the targets
@@ -21,7 +21,7 @@ import dataclasses
 from typing import Any, Iterator, Mapping, Sequence
 
 from oneshot.errors import UserError
-from oneshot.hardware import latency_table, rewards
+from oneshot.hardware import latency, rewards
 from oneshot.hardware.schema import DEFAULTS, RENAMED, SettingError, renames
 from oneshot.spaces import accelerator
 from oneshot.spaces.core import Space
@@ -67,11 +67,11 @@ class Hardware:
     return self.values["cost_model"]
 
   def cost_function(self, space: Space, accel_space: Space, image_shape: Sequence[int],
-                    num_classes: int) -> latency_table.CostFn:
+                    num_classes: int) -> latency.CostFn:
     """(arch DNAs, DNAs of `accel_space`, `device` or `accelerators`) -> costs with this section's
     cost model (a table file is read here, as it needs the architecture space)."""
     with flags_named():
-      return latency_table.cost_function(self.cost_model, self.values["table"], space, accel_space,
+      return latency.cost_function(self.cost_model, self.values["table"], space, accel_space,
                                          image_shape, num_classes)
 
 
@@ -117,7 +117,7 @@ def _values(section: Any) -> dict[str, Any]:
 
 
 def _read(values: dict[str, Any], use: str | None) -> Hardware:
-  latency_table.check(values["cost_model"])
+  latency.check(values["cost_model"])
   device = accelerator.build(values["accelerator"])  # keys accelerator.<name>, as the section's
   accelerators = _device_space(values)
   targeted = use == "search" and values["target_latency_ms"] not in (None, 0)

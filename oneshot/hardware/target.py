@@ -6,9 +6,10 @@ picks the final answer, is the accuracy Q folded with the modelled latency T of 
 `oneshot.hardware.rewards`:
   tunas: Q + beta * |T/T0 - 1|  (TuNAS's absolute reward: over and under the target both cost),
   mnas:  Q * (T/T0)^w           (MnasNet's soft constraint).
-T comes from the same cost models `oneshot cosearch` uses (`latency_table.cost_function`): the analytical
-accelerator model for the configured device (`hardware.accelerator`), or a `oneshot latency-table` file
-measured on a real one (`hardware.cost_model='table'`, `hardware.table=lut.json`). `oneshot.hardware.settings.read` checks the section, once, for this use.
+T comes from the same cost models `oneshot cosearch` uses (`oneshot.hardware.latency.cost_function`):
+the analytical accelerator model for the configured device (`hardware.accelerator`), or a
+`oneshot latency-table` file measured on a real one (`hardware.cost_model='table'`,
+`hardware.table=lut.json`). `oneshot.hardware.settings.read` checks the section, once, for this use.
 """
 
 from __future__ import annotations

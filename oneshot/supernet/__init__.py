@@ -42,12 +42,12 @@ def resolve_depthwise(name: str, platform: str | None = None) -> str:
 def _modules(space_name: str) -> tuple[type, Callable, type]:
   # pylint: disable=import-outside-toplevel
   if space_name == "mobilenet":
-    from oneshot.models.mobilenet import MobileNet
-    from oneshot.supernet.mobilenet import MobileNetSupernet, child_variables
+    from oneshot.models.mobilenet_child import MobileNet
+    from oneshot.supernet.mobilenet_supernet import MobileNetSupernet, child_variables
     return MobileNetSupernet, child_variables, MobileNet
   if space_name == "nasbench201":
-    from oneshot.models.nasbench201 import NasBench201
-    from oneshot.supernet.nasbench201 import NasBench201Supernet, child_variables
+    from oneshot.models.nasbench201_child import NasBench201
+    from oneshot.supernet.nasbench201_supernet import NasBench201Supernet, child_variables
     return NasBench201Supernet, child_variables, NasBench201
   raise UserError(f"space {space_name!r} has no supernet; use mobilenet or nasbench201")
 
@@ -62,8 +62,8 @@ def build(space: Space, num_classes: int, image_channels: int, executor: str = "
   has its own kernel and BatchNorm (TuNAS)."""
   executor = resolve_executor(executor)
   if space.name == "module":  # your own Flax module: choices are flax.linen.switch or a masked sum
-    from oneshot.supernet import module  # pylint: disable=import-outside-toplevel
-    return module.ModuleSupernet(space, module.net(space),
+    from oneshot.supernet import module_supernet  # pylint: disable=import-outside-toplevel
+    return module_supernet.ModuleSupernet(space, module_supernet.net(space),
                                  "mask" if executor == "mask" else "switch")
   supernet_cls, _, _ = _modules(space.name)
   if depthwise_sharing not in DEPTHWISE_SHARING:
@@ -80,8 +80,8 @@ def build(space: Space, num_classes: int, image_channels: int, executor: str = "
 def child_variables(space: Space, variables: dict, dna: Any) -> dict:
   """The supernet's variables sliced to the child `dna`: exactly the child model's tree."""
   if space.name == "module":
-    from oneshot.supernet import module  # pylint: disable=import-outside-toplevel
-    return module.child_variables(space, variables, space.validate(dna))
+    from oneshot.supernet import module_supernet  # pylint: disable=import-outside-toplevel
+    return module_supernet.child_variables(space, variables, space.validate(dna))
   return _modules(space.name)[1](space, variables, space.validate(dna))
 
 
@@ -89,8 +89,8 @@ def child_model(space: Space, dna: Any, num_classes: int, image_channels: int,
                 depthwise: str = "auto") -> nn.Module:
   """The standalone child network of `dna` (no supernet code on its forward path)."""
   if space.name == "module":
-    from oneshot.supernet import module  # pylint: disable=import-outside-toplevel
-    return module.child_model(space, dna)
+    from oneshot.supernet import module_supernet  # pylint: disable=import-outside-toplevel
+    return module_supernet.child_model(space, dna)
   cls = _modules(space.name)[2]
   kwargs = dict(skeleton=dict(space.skeleton), values=space.to_values(dna),
                 num_classes=num_classes, image_channels=image_channels)

@@ -62,7 +62,7 @@ class RandomController(Controller):
     return mask / mask.sum(axis=1, keepdims=True)
 
 
-# `train.warmup_sampler`'s values, read by the config check; `search.warmup_sampler` builds the sampler
+# `train.warmup_sampler`'s values, read by the config check; `search_loop.warmup_sampler` builds the sampler
 # (RandomController, FairSampler, SandwichSampler).
 WARMUP_SAMPLERS = ("uniform", "fair", "sandwich")
 
@@ -75,7 +75,7 @@ class SandwichSampler(RandomController):
 
   With four or more devices the four paths share one averaged update, as in BigNAS; with fewer they
   rotate over consecutive steps. `size([N, D] DNAs) -> [N]` orders networks (the layer table's weight
-  count for the built-in spaces, `oneshot.hardware.layers.weight_counts`)."""
+  count for the built-in spaces, `oneshot.hardware.workload.weight_counts`)."""
 
   name = "sandwich"
 

@@ -35,9 +35,9 @@ from jax import lax
 
 from oneshot.models import ops
 from oneshot.models.layers import Classifier, ConvBN
-from oneshot.supernet import choices
+from oneshot.models import choices
 from oneshot.spaces.core import Space
-from oneshot.models.mobilenet import has_residual
+from oneshot.models.mobilenet_child import has_residual
 from oneshot.spaces.mobilenet import stage_channels
 
 
@@ -89,7 +89,7 @@ class MobileNetSupernet(nn.Module):
     self.classifier = Classifier(cin, self.num_classes)
 
   def _choice(self, dna: jax.Array, name: str) -> tuple[choices.Pick, tuple[Any, ...]]:
-    """((index, weights, gate), the decision's choices): see oneshot.supernet.choices."""
+    """((index, weights, gate), the decision's choices): see oneshot.models.choices."""
     i = self.space.names.index(name)
     d = self.space.decisions[i]
     return choices.Pick(*choices.pick(dna, i, d.num_choices)), d.choices
@@ -277,7 +277,7 @@ class _Weights:
 
 def child_variables(space: Space, variables: dict, dna) -> dict:
   """Slices the supernet's variables down to the child `dna` (the exported child's exact shapes)."""
-  from oneshot.models.mobilenet import plan  # pylint: disable=import-outside-toplevel
+  from oneshot.models.mobilenet_child import plan  # pylint: disable=import-outside-toplevel
   values = space.to_values(dna)
   blocks = plan(space.skeleton, values)
   out: dict = {}

@@ -6,7 +6,7 @@ hash-based permutations of (seed, split, epoch): resuming from a checkpoint at s
 the batches an uninterrupted run would have seen, and each process slices the same global batch, so
 multi-host runs agree without communicating. The default dataset, scikit-learn's digits, is a local TFDS
 builder (`digits`) that prepares itself in well under a second, so tests and the first run need no
-network; `fashion_mnist` is prepared from local IDX files (`oneshot.builders`).
+network; `fashion_mnist` is prepared from local IDX files (`oneshot.data.builders`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from oneshot import augment
-from oneshot import builders
-from oneshot import order
-from oneshot import pipeline
+from oneshot.data import augment
+from oneshot.data import builders
+from oneshot.data import order
+from oneshot.data import pipeline
 from oneshot.errors import UserError
 
 ROLES = ("train", "validation", "test")
@@ -65,7 +65,7 @@ class Dataset:
     local = _local_size(batch_size, process_index, process_count)
     if step < 0:
       raise UserError(f"batch step must be >= 0, got {step}")
-    if source.pipeline is not None:  # read from disk and/or augmented: grain (oneshot/pipeline.py)
+    if source.pipeline is not None:  # read from disk and/or augmented: grain (oneshot/data/pipeline.py)
       images, labels = source.pipeline.batch(step, local, seed, process_index, process_count)
       return {"image": self._normalise(images), "label": labels}
     start = step * batch_size + process_index * local
@@ -112,9 +112,9 @@ class Dataset:
     return ((images.astype(np.float32) - self._mean) * self._inv_std).astype(np.float32)
 
 
-# Datasets held in memory by name (`oneshot.arrays.serving`): `load` answers these names with them.
+# Datasets held in memory by name (`oneshot.data.arrays.serving`): `load` answers these names with them.
 IN_MEMORY: dict[str, Dataset] = {}
-IN_MEMORY_ARRAYS_PREFIX = "arrays-"  # the names `oneshot.arrays` gives them
+IN_MEMORY_ARRAYS_PREFIX = "arrays-"  # the names `oneshot.data.arrays` gives them
 
 
 def in_memory_dataset(name: str, splits: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -141,10 +141,10 @@ def load(config: Any) -> Dataset:
   test_split (TFDS split specs, slicing allowed, e.g. 'train[:45000]'; empty: role absent),
   cache_in_memory (None: cache splits smaller than 256 MiB), image_size (only for datasets whose images
   vary in size: resize the shorter side and centre-crop), manual_dir (fashion_mnist's IDX files; empty:
-  /usr/share/datasets/fashion-mnist), augment (the train split's, `oneshot/augment.py`), workers and
+  /usr/share/datasets/fashion-mnist), augment (the train split's, `oneshot/data/augment.py`), workers and
   prefetch (grain's worker processes and batches read ahead). Splits held in memory and not augmented
   are a numpy gather per batch (digits, Fashion-MNIST); the others go through grain
-  (`oneshot/pipeline.py`). `digits` and `fashion_mnist` are prepared on first use.
+  (`oneshot/data/pipeline.py`). `digits` and `fashion_mnist` are prepared on first use.
   """
   name = _field(config, "name", None)
   if not name:

@@ -124,6 +124,28 @@ def _ensure_remote_workdir(path: epath.Path) -> epath.Path:
   return path
 
 
+def check_writable(path: str, flag: str) -> None:
+  """Fails before minutes of work, not after, when local `path` cannot be created."""
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.access(parent, os.W_OK):
+    raise UserError(f"cannot write {flag} {path}: {parent} is not writable; pick another path")
+
+
+def check_output_file(out: str, flag: str, example: str) -> epath.Path:
+  """The path of an output file a command writes at its end, checked at its start: not a directory,
+  and writable (a bucket: it answers and can be written)."""
+  path = as_path(out)
+  if path.is_dir():
+    raise UserError(f"{flag} {out} is a directory; give a file name such as {out}/{example}")
+  if is_remote(path):
+    ensure_workdir(path.parent)
+  else:
+    check_writable(os.fspath(path), flag)
+  return path
+
+
 def require_readable(path: PathLike) -> None:
   """For commands that read a workdir: a bucket that cannot be reached is one line, not a traceback
   from deep inside a storage client (local paths are checked where they are read)."""

@@ -13,7 +13,7 @@ For one split, process `p` of `P`, local batch size `L = B / P` and seed `s`, th
     .mp_prefetch(workers)         worker w computes batches k0+w, k0+w+W, ...; grain interleaves them
                                   back in order, so any worker count gives the same batches
 
-The order is `oneshot/order.py`'s, which the in-memory gather also uses, rather than grain's
+The order is `oneshot/data/order.py`'s, which the in-memory gather also uses, rather than grain's
 IndexSampler or `shuffle`: so caching a split never changes its batches, global batches do not depend
 on the number of processes (they slice it, disjoint), and neighbouring seeds do not share epochs (grain
 seeds epoch e with seed + e). Every stage is indexed, so the iterator's checkpointable state is the
@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from oneshot import order
-from oneshot.augment import Example
+from oneshot.data import order
+from oneshot.data.augment import Example
 
 if TYPE_CHECKING:
   import grain.python as grain

@@ -27,9 +27,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from oneshot.models import ops
-from oneshot.supernet import choices
+from oneshot.models import choices
 from oneshot.models.layers import Classifier, ConvBN
-from oneshot.models.nasbench201 import (CONV_OPS, NUM_STAGES, BatchNorm, ResNetBlock, cell_stages,
+from oneshot.models.nasbench201_child import (CONV_OPS, NUM_STAGES, BatchNorm, ResNetBlock, cell_stages,
                                         edge_name, op_layer_name, stage_channels)
 from oneshot.spaces.core import Space
 from oneshot.spaces.nasbench201 import EDGES, OPS

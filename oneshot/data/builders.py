@@ -26,8 +26,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
-from oneshot import io
-from oneshot import order
+from oneshot import storage
+from oneshot.data import order
 from oneshot.errors import UserError
 
 DIGITS_SEED = 20240613  # fixes the digits split forever; changing it changes which examples are held out
@@ -365,4 +365,4 @@ def open_split(builder: tfds.core.DatasetBuilder, name: str, role: str, spec: st
 
 
 def _first_line(e: BaseException) -> str:
-  return io.first_line(e).strip(" .")
+  return storage.first_line(e).strip(" .")
