@@ -3,6 +3,8 @@
   python benchmarks/fashion_bands.py                       # the committed table: 2 bands x 20 x 3 seeds
   python benchmarks/fashion_bands.py --out /tmp/pilot.csv --targets 0.12 --archs 8 \
       --steps 300,1000,2000                                # the pilot that chose the training length
+  python benchmarks/fashion_bands.py --report [--out CSV]  # per band and length: seed agreement,
+                                                           # baselines (oneshot/band_rank.py); no training
 
 Rows already in --out are skipped, so a killed build is continued by running the same command again.
 The sampler, training recipe and resume rules are oneshot/bands.py's; the table's provenance (date,
@@ -21,7 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from oneshot import bands, spaces  # pylint: disable=wrong-import-position
+from oneshot import band_rank, bands, spaces  # pylint: disable=wrong-import-position
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
                            "fashion_mnist_bands.csv")
@@ -38,7 +40,15 @@ def main() -> int:
   p.add_argument("--steps", default="300", help="training length(s), comma-separated")
   p.add_argument("--sample-seed", type=int, default=0, help="seed of the architecture sample")
   p.add_argument("--workers", type=int, default=2, help="worker processes, one core each")
+  p.add_argument("--report", action="store_true",
+                 help="print the table's seed agreement and free baselines per band; train nothing")
   a = p.parse_args()
+  if a.report:
+    rows = bands.read_table(a.out)
+    for steps in sorted({int(r["steps"]) for r in rows}):
+      print(f"{steps} steps:")
+      print(band_rank.table_summary(band_rank.table_report(rows, steps)))
+    return 0
   config = runpy.run_path(a.config)["get_config"]()
   space = spaces.build(config.space)
   from oneshot import data  # pylint: disable=import-outside-toplevel

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from oneshot import band_rank, bands, cli, search, spaces
+from oneshot import band_rank, bands, cli, rank_stats, spaces
 from tests.conftest import tiny_config
 
 
@@ -111,8 +111,31 @@ def test_seed_agreement_and_noise_ceiling():
   agree = band_rank.seed_agreement(noisy)
   assert agree["seed_pair_tau"] < agree["seed_vs_rest_tau"] < agree["noise_ceiling"] < 1
   # The ceiling is what the truth itself scores against the 3-seed mean.
-  perfect = band_rank.kendall(truth, [a.accuracy for a in noisy])
+  perfect = rank_stats.kendall(truth, [a.accuracy for a in noisy])
   assert agree["noise_ceiling"] == pytest.approx(perfect, abs=0.04)
+
+
+def test_split_half_and_loss_agreement():
+  """With 4+ seeds the halves' means agree better than one seed with the rest (each side averages
+  noise away); the loss reading ranks lower-is-better, so a loss that mirrors accuracy agrees alike."""
+  rng = np.random.default_rng(1)
+  truth = np.linspace(0.8, 0.9, 200)
+  noise = {i: rng.normal(0, 0.03, 6) for i in range(len(truth))}
+  archs = [band_rank.TableArch(1.0, (0,), 1, 1, 0.1, {s: t + noise[i][s] for s in range(6)},
+                               {s: 1 - t - noise[i][s] for s in range(6)})
+           for i, t in enumerate(truth)]
+  acc, loss = band_rank.seed_agreement(archs), band_rank.seed_agreement(archs, "loss")
+  assert acc["seed_vs_rest_tau"] < acc["split_half_tau"] < acc["noise_ceiling"]
+  assert loss["split_half_tau"] == pytest.approx(acc["split_half_tau"])
+  assert acc["mean_seed_sd"] == pytest.approx(0.03, rel=0.1)
+  three_seeds = [band_rank.TableArch(1.0, (0,), 1, 1, 0.1, {0: t, 1: t, 2: t}) for t in truth]
+  assert band_rank.seed_agreement(three_seeds)["split_half_tau"] is None
+  report = band_rank.table_report([
+      {"band_ms": "1.0", "dna": f"{i}", "num_params": "1", "flops": "1", "latency_ms": "0.1",
+       "seed": str(s), "steps": "5", "test_accuracy": str(a.seeds[s]), "test_loss": str(a.losses[s])}
+      for i, a in enumerate(archs[:20]) for s in range(6)])
+  assert len(report) == 1 and report[0]["kendall_tau"] is None and report[0]["num_archs"] == 20
+  assert "split-half" in band_rank.table_summary(report)
 
 
 def test_band_report_baselines_and_regression_sees_only_other_bands():
@@ -130,11 +153,11 @@ def test_band_report_baselines_and_regression_sees_only_other_bands():
 
 def _workdir(config, path, answer):
   """A search workdir as the search writes it, untrained: rank --table only reads the weights."""
-  from oneshot import checkpoint, configuration, io, session as session_lib, steps
+  from oneshot import checkpoint, configuration, session as session_lib, steps, storage
   sess = session_lib.build(config)
   checkpoint.save(checkpoint.manager(str(path)), 0, sess.initial_state(steps.make_optimizer(config)))
-  io.write_text(str(path / "config.json"), configuration.to_json(config))
-  io.write_json(str(path / "search_result.json"), sess.space.to_json(answer))
+  storage.write_text(str(path / "config.json"), configuration.to_json(config))
+  storage.write_json(str(path / "search_result.json"), sess.space.to_json(answer))
 
 
 def _synthetic_table(path, archs, costs, rng):
