@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
 from oneshot import controllers
 from oneshot import child as child_lib
-from oneshot import rank, search_loop, session as session_lib, steps, storage, supernet
+from oneshot import rank, rank_stats, search_loop, session as session_lib, steps, storage, supernet
 from oneshot.errors import UserError
 
 CONTROLLERS = ("enas", "tunas", "evolution", "random")
@@ -153,12 +153,6 @@ def load_rank(path: str, setup: dict) -> dict:
           if not a["is_search_result"]}
 
 
-def percentile(value: float, reference: list[float]) -> float:
-  """Percent of `reference` below `value`, ties half (as rank.search_percentile)."""
-  below = sum(r < value for r in reference) + 0.5 * sum(r == value for r in reference)
-  return 100.0 * below / len(reference)
-
-
 def _fmt(value, spec: str) -> str:
   return "-" if value is None else format(value, spec)
 
@@ -222,7 +216,7 @@ def main() -> int:
       rows.append(row)
   for row in rows:  # after all searches: a long training never delays the comparison's first half
     row.update(standalone(row["dna"]))
-    row["percentile"] = (percentile(row["standalone_accuracy"], list(reference.values()))
+    row["percentile"] = (rank_stats.percentile(row["standalone_accuracy"], list(reference.values()))
                          if reference else None)
     row["in_rank"] = bool(reference) and tuple(row["dna"]) in reference
     if row["in_rank"]:

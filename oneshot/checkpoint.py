@@ -31,7 +31,8 @@ from oneshot import storage
 from oneshot.errors import UserError
 
 
-def manager(workdir: storage.PathLike, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+def manager(workdir: storage.PathLike, max_to_keep: int = 3,
+            read_only: bool = False) -> ocp.CheckpointManager:
   """`cleanup_tmp_directories`: a save cut short by SIGKILL or a full disk leaves a
   `N.orbax-checkpoint-tmp` directory; the next writable manager deletes it."""
   if read_only:  # orbax warns about each setting a read-only manager ignores, and about read-only

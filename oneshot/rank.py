@@ -175,7 +175,8 @@ def run(workdir: str, num_archs: int, out: str, *, train_steps: int | None = Non
   report = _report(archs, k)
   report.update({"standalone_setup": setup, "reused_standalone": sum(tuple(a["dna"]) in reused
                                                                       for a in archs),
-                 "space": space.name, "workdir": os.fspath(storage.as_path(workdir)), "train_steps": num_steps,
+                 "space": space.name, "workdir": os.fspath(storage.as_path(workdir)),
+                 "train_steps": num_steps,
                  "train_seeds": train_seeds, "recalibrate_batches": recalibrate_batches,
                  "seed": seed, "standalone_split": "test", "supernet_split": "validation",
                  "timing": {"setup_seconds": setup_seconds,

@@ -78,7 +78,8 @@ def read_json_object(path: epath.Path, fix: str) -> dict:
   try:
     value = json.loads(path.read_text())
   except (OSError, ValueError) as e:
-    raise UserError(f"cannot read {path} ({storage.first_line(e)[:120]}): the file is damaged; {fix}") from None
+    raise UserError(f"cannot read {path} ({storage.first_line(e)[:120]}): the file is damaged; "
+                    f"{fix}") from None
   if not isinstance(value, dict):
     raise UserError(f"{path} holds a JSON {type(value).__name__}, not an object: the file is damaged; "
                     f"{fix}")

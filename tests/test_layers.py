@@ -8,6 +8,11 @@ dependency, only a hidden one). Three rules:
     below them;
   * no cycles, and no two modules with the same file name or the name of a standard-library module.
 A new module must be placed in a layer here: the test fails for a module it does not know.
+
+An edge goes to the module named: `from oneshot.spaces.core import Space` depends on `spaces.core`,
+not on the `spaces` package's `__init__`, which Python also runs. One loop exists only through that
+implicit run: `nas` imports `spaces.core`, and `spaces.build` (the package's `__init__`) builds the
+space of your own Flax module with `nas`, deferred to the call.
 """
 
 from __future__ import annotations

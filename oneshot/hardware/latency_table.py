@@ -60,7 +60,8 @@ def _specs(space, image_shape: Sequence[int], num_classes: int) -> list[dict[str
 
   `shape` (the input without the batch) and `plan`/`head` are for timing and are not written out.
   """
-  from oneshot.models.mobilenet_child import BlockPlan, has_residual  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from oneshot.models.mobilenet_child import BlockPlan, has_residual
   from oneshot.spaces.mobilenet import stage_channels  # pylint: disable=import-outside-toplevel
   sk = space.skeleton
   h, w, c_img = (int(v) for v in image_shape)
