@@ -100,14 +100,14 @@ def export(workdir: storage.PathLike, out: str, *, dna_text: str | None = None,
 
 
 def preprocessing(ds: Any, dataset_config: Any) -> serving.Preprocessing:
-  """data.py's normalisation of `ds`, as architecture.json records it: the loaded dataset's own float32
+  """oneshot.data's normalisation of `ds`, as architecture.json records it: the loaded dataset's own float32
   offset and multiplier (mean * scale, 1 / (std * scale)) turned back into mean and std in [0, 1]
-  units, with the scale and class names data.py reads from the TFDS builder (numpy arrays: 255 for
+  units, with the scale and class names oneshot.data reads from the TFDS builder (numpy arrays: 255 for
   uint8, else 1; class indices). Checked to give back exactly the dataset's constants."""
-  # pylint: disable=import-outside-toplevel,protected-access  # data.py keeps its constants private
+  # pylint: disable=import-outside-toplevel
   from oneshot import data
   from oneshot.data import builders
-  sample = ds._source("train").read(np.arange(1))[0]
+  sample = ds.raw_images("train", np.arange(1))
   uint8 = sample.dtype == np.uint8
   if ds.name in data.IN_MEMORY:
     scale, names = (255.0 if uint8 else 1.0), [str(i) for i in range(ds.num_classes)]
@@ -119,8 +119,7 @@ def preprocessing(ds: Any, dataset_config: Any) -> serving.Preprocessing:
     scale = float(getattr(builder, "PIXEL_MAX", 255.0 if features[image_key].np_dtype == np.uint8
                           else 1.0))
     names = [str(n) for n in features[label_key].names]
-  offset = np.asarray(ds._mean, np.float32).reshape(-1)
-  multiplier = np.asarray(ds._inv_std, np.float32).reshape(-1)
+  offset, multiplier = (np.asarray(a, np.float32).reshape(-1) for a in ds.normalisation())
   h, w, c = (int(d) for d in ds.image_shape)
   prep = serving.Preprocessing(
       input_dtype="uint8" if uint8 else "float32", scale=scale,
@@ -129,7 +128,7 @@ def preprocessing(ds: Any, dataset_config: Any) -> serving.Preprocessing:
       height=h, width=w, channels=c, class_names=tuple(names))
   if not (np.array_equal(prep.offset, np.broadcast_to(offset, (c,)))
           and np.array_equal(prep.multiplier, np.broadcast_to(multiplier, (c,)))):
-    raise AssertionError("the recorded preprocessing does not reproduce data.py's constants")
+    raise AssertionError("the recorded preprocessing does not reproduce the dataset's constants")
   return prep
 
 

@@ -16,7 +16,7 @@ import pytest
 from oneshot import api, cli, serving
 from oneshot import child as child_lib
 from oneshot.errors import UserError
-from tests.test_export import Searched
+from tests.searched import Searched
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def digits(tmp_path_factory):
 
 def _raw(s: Searched, split: str = "validation", n: int = 7) -> np.ndarray:
   """Images as the dataset stores them (digits: uint8 0..16), before data.py normalises them."""
-  return s.sess.dataset._source(split).read(np.arange(n))[0]  # pylint: disable=protected-access
+  return s.sess.dataset.raw_images(split, np.arange(n))
 
 
 def _write_pngs(folder, images: np.ndarray) -> list[str]:
@@ -254,7 +254,7 @@ def test_fashion_mnist_export_predicts_a_folder_of_pngs(tmp_path, capsys):
   prep = child_lib.read_architecture(out)["preprocessing"]
   assert prep["scale"] == 255.0 and prep["class_names"][0] == "T-shirt/top"
   assert "T-shirt/top" in capsys.readouterr().out  # the card's classes
-  raw = sess.dataset._source("test").read(np.arange(5))[0]  # pylint: disable=protected-access
+  raw = sess.dataset.raw_images("test", np.arange(5))
   names = _write_pngs(tmp_path / "pngs", raw)
   assert cli.main(["predict", "--arch", out, "--images", str(tmp_path / "pngs")]) == 0
   lines = capsys.readouterr().out.strip().splitlines()

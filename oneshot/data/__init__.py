@@ -100,6 +100,16 @@ class Dataset:
       if source.pipeline is not None:
         source.pipeline.close()
 
+  def raw_images(self, split: str, indices: np.ndarray) -> np.ndarray:
+    """The stored pixels of `split`'s examples `indices`, before normalisation: what a deployed
+    model is fed (an export records their dtype)."""
+    return self._source(split).read(np.asarray(indices))[0]
+
+  def normalisation(self) -> tuple[np.ndarray, np.ndarray]:
+    """(offset, multiplier): every batch is (raw pixels - offset) * multiplier in float32, so an
+    export that records these two reproduces the training input exactly."""
+    return self._mean, self._inv_std
+
   def _source(self, split: str) -> _Source:
     if split not in self._sources:
       raise UserError(f"dataset {self.name!r} has no {split!r} split here; use one of "
