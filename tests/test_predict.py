@@ -25,7 +25,7 @@ def digits(tmp_path_factory):
 
 
 def _raw(s: Searched, split: str = "validation", n: int = 7) -> np.ndarray:
-  """Images as the dataset stores them (digits: uint8 0..16), before data.py normalises them."""
+  """Images as the dataset stores them (digits: uint8 0..16), before oneshot.data normalises them."""
   return s.sess.dataset.raw_images(split, np.arange(n))
 
 
