@@ -16,7 +16,9 @@ For each band target T and search seed s:
      the proxy length, keeps the best on validation accuracy, and that pick gets the table's recipe too.
 Every training goes through the band builder (oneshot/bands.py) into ROOT/rows.csv, so a killed run
 is continued by running the same command again; searches resume from their checkpoints. Writes
-ROOT/band_search.json and prints one row per band and seed.
+ROOT/band_search.json (cells of earlier invocations kept, one per band and seed: the newest wins) and
+prints one row per band and seed. A lever's searches (--search-flags) go in their own ROOT and share the
+baseline's trainings with --rows: its random-search proxies (same sampler and seed) are not trained again.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main() -> int:
                  help="the table's training length (default: the table's longest)")
   p.add_argument("--workers", type=int, default=2)
   p.add_argument("--search-flags", default="", help="extra flags for every search, space-separated")
+  p.add_argument("--rows", default=None, help="the trainings' CSV (default: ROOT/rows.csv)")
   a = p.parse_args()
   config = runpy.run_path(a.config)["get_config"]()
   from oneshot import data  # pylint: disable=import-outside-toplevel
@@ -61,7 +64,7 @@ def main() -> int:
   recipe = a.table_steps or (max(int(r["steps"]) for r in bands.read_table(a.table)) if table else 1000)
   proxy = steps.standalone_steps(config)
   os.makedirs(a.root, exist_ok=True)
-  rows_csv = os.path.join(a.root, "rows.csv")
+  rows_csv = a.rows or os.path.join(a.root, "rows.csv")
   proxy_seconds = _proxy_seconds(config, space, costs, [float(t) for t in a.targets.split(",")],
                                  a.width, proxy, a.root)
   results = []
@@ -128,10 +131,21 @@ def _cell(a, config, space, costs, target, seed, proxy, recipe, proxy_seconds, r
   return cell
 
 
+def merge_cells(old: list[dict], new: list[dict]) -> list[dict]:
+  """One cell per (band, search seed), `new` replacing `old`'s, sorted: an invocation for some seeds
+  adds to the cells of earlier ones instead of dropping them."""
+  cells = {(c["band_ms"], c["search_seed"]): c for c in old}
+  cells.update({(c["band_ms"], c["search_seed"]): c for c in new})
+  return [cells[k] for k in sorted(cells)]
+
+
 def _write(root, results, proxy_seconds, recipe, proxy) -> None:
-  with open(os.path.join(root, "band_search.json"), "w", encoding="utf-8") as f:
+  path = os.path.join(root, "band_search.json")
+  old = json.load(open(path, encoding="utf-8"))["cells"] if os.path.exists(path) else []
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
     json.dump({"proxy_seconds": proxy_seconds, "proxy_steps": proxy, "recipe_steps": recipe,
-               "cells": results}, f, indent=1)
+               "cells": merge_cells(old, results)}, f, indent=1)
+  os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

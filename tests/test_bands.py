@@ -212,3 +212,16 @@ def test_rank_table_scores_every_band(tmp_path, capsys):
                      "--out", str(bad)]) == 2
     err = capsys.readouterr().err
     assert says in err and len(err.strip().splitlines()) == 1 and not bad.exists()
+
+
+def test_band_search_json_keeps_the_cells_of_earlier_invocations(tmp_path):
+  """`band_search.py --seeds 2` after `--seeds 0,1` adds seed 2's cells; a rerun cell replaces its own."""
+  import pathlib, runpy  # pylint: disable=import-outside-toplevel,multiple-imports
+  script = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "benchmarks" / "band_search.py"))
+  cell = lambda band, seed, acc: {"band_ms": band, "search_seed": seed, "answer_test_accuracy": acc}
+  script["_write"](str(tmp_path), [cell(0.19, 0, 0.8), cell(0.12, 0, 0.7), cell(0.12, 1, 0.71)], 80.0,
+                   300, 300)
+  script["_write"](str(tmp_path), [cell(0.12, 2, 0.72), cell(0.12, 1, 0.75)], 80.0, 300, 300)
+  cells = json.loads((tmp_path / "band_search.json").read_text())["cells"]
+  assert [(c["band_ms"], c["search_seed"], c["answer_test_accuracy"]) for c in cells] == [
+      (0.12, 0, 0.7), (0.12, 1, 0.75), (0.12, 2, 0.72), (0.19, 0, 0.8)]
