@@ -54,6 +54,9 @@ def main() -> int:
   p.add_argument("--workers", type=int, default=2)
   p.add_argument("--search-flags", default="", help="extra flags for every search, space-separated")
   p.add_argument("--rows", default=None, help="the trainings' CSV (default: ROOT/rows.csv)")
+  p.add_argument("--random-count", type=int, default=0,
+                 help="random search's proxy count (0: floor(S / P)); for searches whose wall time was "
+                      "taken beside other jobs, so S is not this machine's idle cost")
   a = p.parse_args()
   config = runpy.run_path(a.config)["get_config"]()
   from oneshot import data  # pylint: disable=import-outside-toplevel
@@ -102,7 +105,7 @@ def _cell(a, config, space, costs, target, seed, proxy, recipe, proxy_seconds, r
   wall = float(result["wall_seconds"])
   latency = float(costs(np.asarray(answer)[None])[0][0])
   # Random search at equal compute: floor(S / P) in-band architectures at the proxy length.
-  count = max(1, math.floor(wall / proxy_seconds))
+  count = a.random_count or max(1, math.floor(wall / proxy_seconds))
   candidates = bands.band_architectures(space, costs, target, a.width, count, seed=1000 + seed)
   bands.build(config, rows_csv, [bands.Job(target, d, 0, proxy) for d in candidates], costs,
               workers=a.workers)
