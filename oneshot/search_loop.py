@@ -88,7 +88,7 @@ def latency_target(config, sess: session_lib.Session):
 def warmup_sampler(config, sess: session_lib.Session):
   """The warm-up's path sampler: `train.warmup_sampler` uniform (Li & Talwalkar; TuNAS), fair
   (FairNAS: every choice equally often in each group of consecutive paths) or sandwich (BigNAS:
-  largest, smallest and two uniform paths of every four); see controllers/random.py."""
+  largest, smallest and two uniform paths of every four); see controllers/uniform.py."""
   # pylint: disable=import-outside-toplevel
   from oneshot.controllers.uniform import FairSampler, RandomController, SandwichSampler
   from oneshot.hardware import workload
