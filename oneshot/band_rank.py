@@ -113,6 +113,36 @@ def size_regression(train: Sequence[TableArch], predict: Sequence[TableArch]) ->
   return (design(predict) @ coef).tolist()
 
 
+def choice_bias(space: Any, archs: Sequence[TableArch], scores: Sequence[float]) -> list[dict[str, Any]]:
+  """Which choices the ranker over- or under-rates inside a band, most contested first.
+
+  For each kind of decision (the name after its last '/': kernel, expansion, width, skip) and each of
+  its values, the number of *active* decisions of that kind taking that value is one feature of an
+  architecture; `ranker_tau` and `table_tau` are its Kendall tau against the ranker's scores and against
+  the table, and `gap` their difference. A large gap names the decision whose weights the supernet
+  shares worst: the one a few-shot split (one sub-supernet per choice) or a change of its weight
+  sharing should address."""
+  dnas = np.array([a.dna for a in archs])
+  active = space.active(dnas)
+  truth = [a.accuracy for a in archs]
+  out = []
+  kinds: dict[str, list[int]] = {}
+  for j, name in enumerate(space.names):
+    kinds.setdefault(name.rsplit("/", 1)[-1], []).append(j)
+  for kind, columns in kinds.items():
+    values = sorted({space.decisions[j].choices[i] for j in columns
+                     for i in range(space.decisions[j].num_choices)}, key=str)
+    for value in values:
+      counts = [sum(1 for j in columns if active[n, j] and
+                    space.decisions[j].choices[dnas[n, j]] == value) for n in range(len(archs))]
+      ranker, table = rank_stats.kendall(counts, scores), rank_stats.kendall(counts, truth)
+      if ranker is None or table is None:
+        continue
+      out.append({"decision": kind, "choice": value, "ranker_tau": ranker,
+                  "table_tau": table, "gap": ranker - table})
+  return sorted(out, key=lambda r: -abs(r["gap"]))
+
+
 def band_report(archs: Sequence[TableArch], scores: Sequence[float] | None,
                 others: Sequence[TableArch]) -> dict[str, Any]:
   """A ranker's `scores` of one band's `archs` against the table, beside the free baselines (with
@@ -187,6 +217,8 @@ def run(workdir: str, table: str, out: str, *, recalibrate_batches: int = 20,
     others = [a for a in archs if a.band_ms != band]
     report = band_report([a for a, _ in members], [s["supernet_accuracy"] for _, s in members], others)
     mine = [s for s in scored if s["band_ms"] == band and s["is_search_result"]]
+    report["choice_bias"] = choice_bias(space, [a for a, _ in members],
+                                        [s["supernet_accuracy"] for _, s in members])
     report["search_result_percentile"] = (rank_stats.percentile(
         mine[0]["table_accuracy"], [a.accuracy for a, _ in members]) if mine else None)
     reports.append(report)
@@ -238,6 +270,10 @@ def summary(report: dict[str, Any]) -> str:
         ", ".join(f"{k} {fmt(v)}" for k, v in b["baseline_kendall_tau"].items()) +
         f"; margin over {b['best_baseline']} {fmt(b['margin_over_best_baseline'])} (90% "
         f"{fmt(interval[0])}..{fmt(interval[1])})")
+    if b.get("choice_bias"):
+      worst = b["choice_bias"][0]
+      lines.append(f"  most misjudged choice: {worst['decision']}={worst['choice']} (supernet tau "
+                   f"{worst['ranker_tau']:+.2f} against the table's {worst['table_tau']:+.2f})")
   lines.append(f"mean supernet tau over bands {fmt(report['mean_kendall_tau'], '.3f')} "
                f"({report['total_seconds']:.0f} s)")
   return "\n".join(lines)

@@ -151,6 +151,36 @@ def test_band_report_baselines_and_regression_sees_only_other_bands():
   assert band_rank.size_regression(b[:3], a) is None  # too few points to fit
 
 
+def test_choice_bias_names_the_misjudged_choice_and_counts_only_active_decisions():
+  """The table likes kernel 3, the ranker dislikes it and agrees about width: kernel=3 leads the list.
+  A skipped block's kernel does not count."""
+  runs = ("block1/skip", (False,))  # block1's choices matter only while the block runs
+  space = spaces.core.Space("toy", (
+      spaces.core.Decision("block0/kernel", (3, 5)),
+      spaces.core.Decision("block1/kernel", (3, 5), active_if=runs),
+      spaces.core.Decision("block1/skip", (False, True)),
+      spaces.core.Decision("block1/width", (1, 2), active_if=runs)))
+  dnas = [(0, 0, 0, 1), (0, 0, 1, 0), (0, 1, 0, 1), (1, 0, 0, 0), (1, 1, 0, 1), (1, 1, 1, 0),
+          (0, 1, 0, 0), (1, 0, 0, 1)]
+  active = space.active(np.array(dnas))
+  threes = [sum(1 for j in (0, 1) if active[n, j] and d[j] == 0) for n, d in enumerate(dnas)]
+  wide = [int(active[n, 3] and d[3] == 1) for n, d in enumerate(dnas)]
+  archs = [band_rank.TableArch(1.0, dna, 100, 1000, 0.1, {0: 0.8 + 0.01 * t + 0.003 * w})
+           for dna, t, w in zip(dnas, threes, wide)]
+  scores = [0.8 - 0.01 * t + 0.003 * w for t, w in zip(threes, wide)]
+  bias = band_rank.choice_bias(space, archs, scores)
+  assert (bias[0]["decision"], bias[0]["choice"]) in {("kernel", 3), ("kernel", 5)}
+  kernel3 = next(b for b in bias if (b["decision"], b["choice"]) == ("kernel", 3))
+  assert kernel3["ranker_tau"] < -0.5 < 0.5 < kernel3["table_tau"] and kernel3["gap"] < -1
+  width = [b for b in bias if b["decision"] == "width"]
+  assert width and all(abs(b["gap"]) < 0.5 for b in width)
+  # (0, 0, 1, 0) and (1, 1, 1, 0): block1 skipped, so its kernel does not count; counting it would
+  # give another tau.
+  every = [sum(1 for j in (0, 1) if d[j] == 0) for d in dnas]
+  assert kernel3["ranker_tau"] == pytest.approx(rank_stats.kendall(threes, scores))
+  assert rank_stats.kendall(every, scores) != pytest.approx(kernel3["ranker_tau"])
+
+
 def _workdir(config, path, answer):
   """A search workdir as the search writes it, untrained: rank --table only reads the weights."""
   from oneshot import checkpoint, configuration, session as session_lib, steps, storage
