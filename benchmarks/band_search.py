@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from oneshot import band_rank, bands, rank_stats, spaces, steps  # pylint: disable=wrong-import-position
+from oneshot import band_rank, bands, rank_stats, spaces, steps, storage  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,11 +144,12 @@ def merge_cells(old: list[dict], new: list[dict]) -> list[dict]:
 
 def _write(root, results, proxy_seconds, recipe, proxy) -> None:
   path = os.path.join(root, "band_search.json")
-  old = json.load(open(path, encoding="utf-8"))["cells"] if os.path.exists(path) else []
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump({"proxy_seconds": proxy_seconds, "proxy_steps": proxy, "recipe_steps": recipe,
-               "cells": merge_cells(old, results)}, f, indent=1)
-  os.replace(path + ".tmp", path)
+  old = []
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      old = json.load(f)["cells"]
+  storage.write_json(path, {"proxy_seconds": proxy_seconds, "proxy_steps": proxy,
+                            "recipe_steps": recipe, "cells": merge_cells(old, results)})
 
 
 if __name__ == "__main__":

@@ -214,11 +214,11 @@ def run(workdir: str, table: str, out: str, *, recalibrate_batches: int = 20,
     # The search's own answer is kept for its percentile but left out of tau: its supernet score is
     # the one the search maximised, so it would favour the supernet.
     members = [(a, s) for a, s in zip(archs, scored) if a.band_ms == band and not s["is_search_result"]]
+    band_archs, band_scores = [a for a, _ in members], [s["supernet_accuracy"] for _, s in members]
     others = [a for a in archs if a.band_ms != band]
-    report = band_report([a for a, _ in members], [s["supernet_accuracy"] for _, s in members], others)
+    report = band_report(band_archs, band_scores, others)
     mine = [s for s in scored if s["band_ms"] == band and s["is_search_result"]]
-    report["choice_bias"] = choice_bias(space, [a for a, _ in members],
-                                        [s["supernet_accuracy"] for _, s in members])
+    report["choice_bias"] = choice_bias(space, band_archs, band_scores)
     report["search_result_percentile"] = (rank_stats.percentile(
         mine[0]["table_accuracy"], [a.accuracy for a, _ in members]) if mine else None)
     reports.append(report)
